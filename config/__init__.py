@@ -1,0 +1,5 @@
+"""Configuration: the only place environment variables are read."""
+
+from config.settings import ConfigError, Rate, Settings, get_settings, load_settings
+
+__all__ = ["ConfigError", "Rate", "Settings", "get_settings", "load_settings"]

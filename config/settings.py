@@ -1,0 +1,304 @@
+"""Settings for every process (web, worker, beat, CLI), read once from the environment.
+
+Variable names are part of the contract (see DESIGN.md). A bad value fails at start-up with a
+message naming the variable, never later inside a task. Secrets are ``SecretStr`` so that they
+never show up in a repr, a log line or a Sentry event.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import functools
+import math
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AnyHttpUrl,
+    BeforeValidator,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ConfigError(Exception):
+    """A setting is missing or malformed; the message names the environment variable."""
+
+
+class Rate:
+    """A request rate: ``amount`` requests per ``seconds`` seconds.
+
+    Written in the environment either as a number of requests per second (``5``, ``0.5``) or
+    as ``N/second``, ``N/minute`` or ``N/hour`` (``100/minute``).
+    """
+
+    __slots__ = ("amount", "seconds")
+
+    _UNITS = {
+        "s": 1,
+        "sec": 1,
+        "second": 1,
+        "m": 60,
+        "min": 60,
+        "minute": 60,
+        "h": 3600,
+        "hour": 3600,
+    }
+
+    def __init__(self, amount: int, seconds: int) -> None:
+        if amount < 1 or seconds < 1:
+            raise ValueError("a rate needs at least 1 request per period")
+        self.amount = amount
+        self.seconds = seconds
+
+    @classmethod
+    def parse(cls, value: object) -> Rate:
+        if isinstance(value, Rate):
+            return value
+        text = str(value).strip().lower()
+        match = re.fullmatch(r"(\d+)\s*/\s*([a-z]+)", text)
+        if match:
+            unit = cls._UNITS.get(match.group(2).rstrip("s") or "s")
+            if unit is None:
+                raise ValueError(f"unknown unit in {value!r}; use second, minute or hour")
+            return cls(int(match.group(1)), unit)
+        try:
+            per_second = float(text)
+        except ValueError:
+            raise ValueError(f"{value!r} is not a rate; use e.g. 5 or 100/minute") from None
+        if not math.isfinite(per_second) or per_second <= 0:
+            raise ValueError("a rate must be a positive number")
+        if per_second >= 1 and per_second == int(per_second):
+            return cls(int(per_second), 1)
+        # Fractional rates become whole requests over a minute, e.g. 0.5/s -> 30 per 60 s.
+        return cls(max(1, math.floor(per_second * 60)), 60)
+
+    @property
+    def per_second(self) -> float:
+        return self.amount / self.seconds
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Rate) and (self.amount, self.seconds) == (
+            other.amount,
+            other.seconds,
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.amount, self.seconds))
+
+    def __repr__(self) -> str:
+        return f"Rate({self.amount}/{self.seconds}s)"
+
+    def __str__(self) -> str:
+        return f"{self.amount} per {self.seconds} second{'s' if self.seconds != 1 else ''}"
+
+
+RateSetting = Annotated[Rate, BeforeValidator(Rate.parse)]
+
+
+def _empty_to_none(value: Any) -> Any:
+    return None if isinstance(value, str) and not value.strip() else value
+
+
+OptionalSecret = Annotated[SecretStr | None, BeforeValidator(_empty_to_none)]
+OptionalUrl = Annotated[AnyHttpUrl | None, BeforeValidator(_empty_to_none)]
+OptionalStr = Annotated[str | None, BeforeValidator(_empty_to_none)]
+
+
+class Settings(BaseSettings):
+    """Every environment variable of the contract, plus a few operational knobs."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        case_sensitive=False,
+        arbitrary_types_allowed=True,
+    )
+
+    # Broker, rate limiter, idempotency and status store.
+    redis_url: str = "redis://localhost:6379/0"
+    # Prefix of every key this service writes, and the Celery queue; lets several deployments
+    # (or test runs) share one Redis.
+    redis_key_prefix: str = "ve:"
+    celery_queue: str = "visitor-enrich"
+
+    # Inbound.
+    webhook_secret: OptionalSecret = None
+    allow_unsigned: bool = False
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024)
+    rocketchat_webhook_token: OptionalSecret = None
+
+    # Sources.
+    source: Literal["datafast", "postmetric"] = "datafast"
+    datafast_api_key: OptionalSecret = None
+    datafast_website_id: OptionalStr = None
+    datafast_base_url: AnyHttpUrl = AnyHttpUrl("https://datafa.st")
+    # DataFast documents no limit; 5 requests/s shared by all workers is deliberately modest.
+    datafast_rate_limit: RateSetting = Rate(5, 1)
+    postmetric_api_key: OptionalSecret = None
+    postmetric_base_url: OptionalUrl = None
+    postmetric_rate_limit: RateSetting = Rate(100, 60)
+
+    # Sinks.
+    hubspot_token: OptionalSecret = None
+    hubspot_base_url: AnyHttpUrl = AnyHttpUrl("https://api.hubapi.com")
+    # HubSpot: 190 requests / 10 s burst; search is about 4/s, so stay under that.
+    hubspot_rate_limit: RateSetting = Rate(4, 1)
+    zendesk_base_url: OptionalUrl = None
+    zendesk_email: OptionalStr = None
+    zendesk_api_token: OptionalSecret = None
+    # Zendesk Update Ticket: 100 requests/min per account.
+    zendesk_rate_limit: RateSetting = Rate(100, 60)
+    slack_webhook_url: OptionalSecret = None
+    # Slack incoming webhooks: about 1 message/s per channel.
+    slack_rate_limit: RateSetting = Rate(1, 1)
+    lead_alert_min_score: float = Field(default=70, ge=0, le=100)
+    rocketchat_base_url: OptionalUrl = None
+    rocketchat_user_id: OptionalStr = None
+    rocketchat_auth_token: OptionalSecret = None
+    rocketchat_visitor_field: str = "datafast_visitor_id"
+    rocketchat_rate_limit: RateSetting = Rate(5, 1)
+
+    # Realtime hot-visitor alerts.
+    realtime_poll_seconds: float = Field(default=60, gt=0)
+    hot_paths: str = "/pricing,/checkout"
+    hot_visitor_cooldown: int = Field(default=86400, ge=0)
+    alert_on_payments: bool = False
+
+    # Delivery policy.
+    max_retries: int = Field(default=5, ge=0, le=50)
+    retry_backoff_base: float = Field(default=1.0, gt=0)
+    retry_backoff_max: float = Field(default=25.0, gt=0)
+    http_connect_timeout: float = Field(default=5.0, gt=0)
+    http_read_timeout: float = Field(default=10.0, gt=0)
+    response_max_bytes: int = Field(default=2 * 1024 * 1024, ge=1024)
+    # Redis redelivers a task that was taken but not acknowledged after this many seconds
+    # (a worker killed mid-task). Every retry countdown is kept below half of it.
+    broker_visibility_timeout: int = Field(default=60, ge=10)
+    # How long event ids are remembered for dedupe and status (7 days).
+    event_retention_seconds: int = Field(default=7 * 24 * 3600, ge=60)
+
+    sentry_dsn: OptionalSecret = None
+    log_level: str = "INFO"
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _check_webhook_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return value
+        raw = value.get_secret_value()
+        if not raw.startswith("whsec_"):
+            raise ValueError("must start with whsec_ followed by base64")
+        try:
+            decoded = base64.b64decode(raw[len("whsec_") :] + "==", validate=False)
+        except (binascii.Error, ValueError):
+            raise ValueError("the part after whsec_ is not base64") from None
+        if not decoded:
+            raise ValueError("the part after whsec_ is empty")
+        return value
+
+    @field_validator("datafast_api_key")
+    @classmethod
+    def _check_datafast_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith(("df_", "dft_")):
+            raise ValueError("must be a df_ website key or a dft_ account token")
+        return value
+
+    @field_validator("slack_webhook_url")
+    @classmethod
+    def _check_slack_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith(("http://", "https://")):
+            raise ValueError("must be an http(s) URL")
+        return value
+
+    @field_validator("hot_paths")
+    @classmethod
+    def _check_hot_paths(cls, value: str) -> str:
+        for path in (p.strip() for p in value.split(",")):
+            if path and not path.startswith("/"):
+                raise ValueError(f"{path!r} must start with /")
+        return value
+
+    @model_validator(mode="after")
+    def _check_groups(self) -> Settings:
+        key = self.datafast_api_key
+        if (
+            key is not None
+            and key.get_secret_value().startswith("dft_")
+            and not self.datafast_website_id
+        ):
+            raise ValueError("DATAFAST_WEBSITE_ID: required with a dft_ account token")
+        _all_or_none(
+            self,
+            ("zendesk_base_url", "zendesk_email", "zendesk_api_token"),
+        )
+        _all_or_none(
+            self,
+            ("rocketchat_base_url", "rocketchat_user_id", "rocketchat_auth_token"),
+        )
+        if self.source == "postmetric" and (
+            self.postmetric_api_key is None or self.postmetric_base_url is None
+        ):
+            raise ValueError(
+                "POSTMETRIC_API_KEY, POSTMETRIC_BASE_URL: both required with SOURCE=postmetric"
+            )
+        if self.retry_backoff_max >= self.broker_visibility_timeout / 2:
+            raise ValueError(
+                "RETRY_BACKOFF_MAX: must stay below half of BROKER_VISIBILITY_TIMEOUT, or Redis "
+                "would hand a waiting task to a second worker"
+            )
+        return self
+
+    # Derived values ---------------------------------------------------------------------
+
+    @property
+    def hot_path_list(self) -> list[str]:
+        return [p.strip() for p in self.hot_paths.split(",") if p.strip()]
+
+    @property
+    def max_countdown(self) -> float:
+        """The longest countdown a task may be re-scheduled with (see visibility timeout)."""
+        return self.broker_visibility_timeout / 2
+
+    def secret_values(self) -> list[str]:
+        """Every secret in force, for scrubbing logs and error reports."""
+        values = []
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, SecretStr) and value.get_secret_value():
+                values.append(value.get_secret_value())
+        return values
+
+
+def _all_or_none(settings: Settings, names: tuple[str, ...]) -> None:
+    given = [n for n in names if getattr(settings, n) is not None]
+    if given and len(given) != len(names):
+        missing = [n.upper() for n in names if n not in given]
+        raise ValueError(
+            f"{', '.join(missing)}: required together with {', '.join(n.upper() for n in given)}"
+        )
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read and validate the settings; raise ``ConfigError`` naming each bad variable."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors(include_url=False, include_input=False):
+            location = ".".join(str(part) for part in error["loc"]).upper()
+            message = str(error["msg"]).removeprefix("Value error, ")
+            lines.append(f"{location}: {message}" if location else message)
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from None
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return load_settings()

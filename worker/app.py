@@ -1,0 +1,80 @@
+"""The Celery application: Redis broker, JSON, late acks, no result backend.
+
+Start a worker with ``celery -A worker.app worker --pool threads``: tasks spend their time
+waiting on HTTP, so threads (one process, one shared ``httpx.Client`` and Redis pool) give
+concurrency without prefork's per-child memory and connection pools.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+from celery.signals import after_setup_logger, worker_process_init, worker_ready
+
+from config import Settings, get_settings
+from worker.observability import configure_logging, init_sentry, scrub_logging_handlers
+
+
+def create_celery(settings: Settings) -> Celery:
+    app = Celery("visitor_enrich", broker=settings.redis_url, include=["worker.tasks"])
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        result_serializer="json",
+        # Event state lives in Redis, written by the tasks; nothing reads Celery results.
+        task_ignore_result=True,
+        result_backend=None,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_default_queue=settings.celery_queue,
+        broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,
+        worker_cancel_long_running_tasks_on_connection_loss=True,
+        broker_transport_options={
+            # A task taken by a worker that dies is handed out again after this long.
+            # Every countdown stays below half of it (Settings.max_countdown), or Redis would
+            # redeliver a task that is only waiting for its ETA.
+            "visibility_timeout": settings.broker_visibility_timeout,
+            "unacked_restore_interval": 5,
+            "unacked_restore_throttle": 1,
+            "socket_timeout": 5,
+            "socket_connect_timeout": 3,
+            "health_check_interval": 10,
+        },
+        # The web process publishes; when Redis is gone it must fail fast (503), not hang.
+        task_publish_retry=True,
+        task_publish_retry_policy={
+            "max_retries": 2,
+            "interval_start": 0,
+            "interval_step": 0.2,
+            "interval_max": 0.5,
+        },
+        broker_heartbeat=0,
+        worker_hijack_root_logger=False,
+        timezone="UTC",
+        enable_utc=True,
+    )
+    return app
+
+
+settings = get_settings()
+app = create_celery(settings)
+
+
+@after_setup_logger.connect
+def _setup_logging(**_: Any) -> None:
+    configure_logging(settings)
+    scrub_logging_handlers(settings)
+
+
+@worker_process_init.connect
+def _init_process(**_: Any) -> None:
+    init_sentry(settings, component="worker")
+
+
+@worker_ready.connect
+def _ready(**_: Any) -> None:
+    init_sentry(settings, component="worker")
+    scrub_logging_handlers(settings)

@@ -1,0 +1,328 @@
+"""How requests leave this service: one shared ``httpx.Client`` per process, timeouts, size
+caps, the shared rate limit, and the mapping of HTTP outcomes onto ``worker.errors``.
+
+Sources and sinks build requests and parse answers; they never talk to httpx directly.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import logging
+import os
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from config import Rate, Settings
+from worker.errors import (
+    AuthFailed,
+    BadResponse,
+    RateLimited,
+    Rejected,
+    Unavailable,
+    UpstreamError,
+)
+from worker.ratelimit import SharedRateLimiter
+
+log = logging.getLogger(__name__)
+
+USER_AGENT = "visitor-enrich/0.1 (+https://github.com/visitor-enrich/visitor-enrich)"
+
+_client: httpx.Client | None = None
+_client_lock = threading.Lock()
+
+
+def shared_client(settings: Settings) -> httpx.Client:
+    """The process's one HTTP client (connection pool), created on first use."""
+    global _client
+    with _client_lock:
+        if _client is None:
+            _client = httpx.Client(
+                timeout=httpx.Timeout(
+                    settings.http_read_timeout, connect=settings.http_connect_timeout
+                ),
+                limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
+                headers={"User-Agent": USER_AGENT},
+                follow_redirects=False,
+            )
+        return _client
+
+
+def close_shared_client() -> None:
+    global _client
+    with _client_lock:
+        if _client is not None:
+            _client.close()
+            _client = None
+
+
+def _forget_client_after_fork() -> None:
+    # A pool inherited through fork shares sockets with the parent; start afresh instead.
+    global _client
+    _client = None
+
+
+os.register_at_fork(after_in_child=_forget_client_after_fork)
+
+
+@dataclass(frozen=True)
+class UpstreamResponse:
+    """A completed response whose body was read within the size cap."""
+
+    service: str
+    status_code: int
+    headers: httpx.Headers
+    content: bytes
+    elapsed: float = 0.0
+    request_info: str = field(default="", repr=False)
+
+    def json(self) -> Any:
+        """The body as JSON, or ``BadResponse`` when it is not JSON at all."""
+        try:
+            return json.loads(self.content)
+        except (ValueError, UnicodeDecodeError):
+            snippet = self.content[:80].decode("utf-8", "replace")
+            raise BadResponse(
+                f"answered {self.status_code} with a body that is not JSON: {snippet!r}",
+                service=self.service,
+                status_code=self.status_code,
+            ) from None
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def parse_reset(value: str | None, *, now: float | None = None) -> float | None:
+    """Seconds until a rate-limit reset header says the quota returns.
+
+    Providers send either seconds from now or a unix time; a number past 10^9 is a time.
+    HubSpot and PostMetric-style headers may also be milliseconds since the epoch.
+    """
+    if not value:
+        return None
+    try:
+        number = float(value.strip())
+    except ValueError:
+        return parse_retry_after(value, now=now)
+    current = time.time() if now is None else now
+    if number > 1e12:
+        number /= 1000.0
+    if number > 1e9:
+        return max(0.0, number - current)
+    return max(0.0, number)
+
+
+_WAIT_SECONDS = re.compile(r"wait (\d+(?:\.\d+)?) seconds?", re.IGNORECASE)
+
+
+def wait_hint(response: UpstreamResponse) -> float | None:
+    """How long the upstream asks us to wait, from whichever header or body says so."""
+    headers = response.headers
+    for name in ("retry-after",):
+        seconds = parse_retry_after(headers.get(name))
+        if seconds is not None:
+            return seconds
+    for name in ("x-ratelimit-reset", "x-rate-limit-reset", "ratelimit-reset"):
+        seconds = parse_reset(headers.get(name))
+        if seconds is not None:
+            return seconds
+    # Rocket.Chat says "error-too-many-requests: You must wait 12 seconds" in the body.
+    match = _WAIT_SECONDS.search(response.content[:2000].decode("utf-8", "replace"))
+    return float(match.group(1)) if match else None
+
+
+def quota_exhausted(response: UpstreamResponse) -> bool:
+    for name in ("x-ratelimit-remaining", "x-rate-limit-remaining", "ratelimit-remaining"):
+        value = response.headers.get(name)
+        if value is not None:
+            try:
+                return float(value) <= 0
+            except ValueError:
+                return False
+    return False
+
+
+def error_message(response: UpstreamResponse) -> str:
+    """The upstream's own words for an error, from the envelopes the providers document."""
+    try:
+        body = json.loads(response.content)
+    except (ValueError, UnicodeDecodeError):
+        body = None
+    if isinstance(body, dict):
+        error = body.get("error")
+        if isinstance(error, dict) and error.get("message"):
+            return str(error["message"])  # DataFast, PostMetric
+        for key in ("message", "description", "error"):  # HubSpot, Zendesk, Rocket.Chat
+            if isinstance(body.get(key), str) and body[key]:
+                return str(body[key])
+        if isinstance(error, str) and error:
+            return error
+    text = response.content[:200].decode("utf-8", "replace").strip()
+    return text or httpx.codes.get_reason_phrase(response.status_code) or "no message"
+
+
+class ServiceClient:
+    """Requests to one upstream service, under its shared rate limit and error mapping."""
+
+    def __init__(
+        self,
+        service: str,
+        base_url: str,
+        *,
+        settings: Settings,
+        limiter: SharedRateLimiter,
+        rate: Rate,
+        headers: dict[str, str] | None = None,
+        auth: httpx.Auth | tuple[str, str] | None = None,
+        client: httpx.Client | None = None,
+    ) -> None:
+        self.service = service
+        self.base_url = base_url.rstrip("/")
+        self._settings = settings
+        self._limiter = limiter
+        self._rate = rate
+        self._headers = headers or {}
+        self._auth = auth
+        self._client = client
+
+    @property
+    def client(self) -> httpx.Client:
+        return self._client or shared_client(self._settings)
+
+    def url(self, path: str) -> str:
+        if path.startswith(("http://", "https://")):
+            return path
+        return f"{self.base_url}/{path.lstrip('/')}"
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, str] | None = None,
+        json_body: Any = None,
+        max_wait: float | None = None,
+    ) -> UpstreamResponse:
+        """Send one request and return its 2xx response, or raise an ``UpstreamError``."""
+        wait_limit = self._settings.max_countdown / 2 if max_wait is None else max_wait
+        self._limiter.acquire(self.service, self._rate, max_wait=wait_limit)
+        request = self.client.build_request(
+            method, self.url(path), params=params, json=json_body, headers=self._headers
+        )
+        started = time.monotonic()
+        try:
+            raw, body = self._send(request)
+        except httpx.ConnectError as exc:
+            raise Unavailable(
+                f"cannot connect: {type(exc).__name__}", service=self.service
+            ) from None
+        except httpx.TimeoutException as exc:
+            raise Unavailable(
+                f"no answer within the timeout ({type(exc).__name__})",
+                service=self.service,
+                effect_possible=method != "GET" and not isinstance(exc, httpx.ConnectTimeout),
+            ) from None
+        except httpx.TransportError as exc:
+            raise Unavailable(
+                f"connection failed: {type(exc).__name__}",
+                service=self.service,
+                effect_possible=method != "GET",
+            ) from None
+        response = UpstreamResponse(
+            service=self.service,
+            status_code=raw.status_code,
+            headers=raw.headers,
+            content=body,
+            elapsed=time.monotonic() - started,
+        )
+        log.debug(
+            "upstream call",
+            extra={
+                "service": self.service,
+                "method": method,
+                "status": response.status_code,
+                "elapsed_ms": round(response.elapsed * 1000),
+            },
+        )
+        self._check(response)
+        return response
+
+    def _send(self, request: httpx.Request) -> tuple[httpx.Response, bytes]:
+        """Send and read the body, refusing one larger than ``RESPONSE_MAX_BYTES``."""
+        cap = self._settings.response_max_bytes
+        response = self.client.send(request, auth=self._auth, stream=True)
+        try:
+            declared = response.headers.get("content-length")
+            if declared and declared.isdigit() and int(declared) > cap:
+                raise BadResponse(
+                    f"response of {int(declared)} bytes is over the {cap}-byte cap",
+                    service=self.service,
+                    status_code=response.status_code,
+                )
+            chunks: list[bytes] = []
+            size = 0
+            # Decoded bytes are counted, so a small compressed body cannot unpack past the cap.
+            for chunk in response.iter_bytes():
+                size += len(chunk)
+                if size > cap:
+                    raise BadResponse(
+                        f"response is over the {cap}-byte cap",
+                        service=self.service,
+                        status_code=response.status_code,
+                    )
+                chunks.append(chunk)
+        finally:
+            response.close()
+        return response, b"".join(chunks)
+
+    def _check(self, response: UpstreamResponse) -> None:
+        status = response.status_code
+        wait = wait_hint(response)
+        if status == 429 or (quota_exhausted(response) and wait is not None):
+            # Everyone waits, not only this worker.
+            self._limiter.pause(self.service, wait if wait is not None else 1.0)
+        if 200 <= status < 300:
+            return
+        message = f"{status} {error_message(response)}"
+        if status == 429:
+            raise RateLimited(message, service=self.service, status_code=status, retry_after=wait)
+        if status >= 500:
+            raise Unavailable(message, service=self.service, status_code=status, retry_after=wait)
+        if status in (401, 403):
+            raise AuthFailed(message, service=self.service, status_code=status)
+        if status == 408:
+            raise Unavailable(message, service=self.service, status_code=status)
+        raise Rejected(message, service=self.service, status_code=status)
+
+
+__all__ = [
+    "ServiceClient",
+    "UpstreamError",
+    "UpstreamResponse",
+    "close_shared_client",
+    "error_message",
+    "parse_reset",
+    "parse_retry_after",
+    "shared_client",
+    "wait_hint",
+]

@@ -1,0 +1,64 @@
+"""The per-process wiring: settings, one Redis client, the store, the shared limiter, the
+source and the enabled sinks. Built once per process on first use."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+
+import redis
+
+from config import Settings, get_settings
+from worker.ratelimit import SharedRateLimiter
+from worker.sinks import Sink, build_sinks
+from worker.sources import SOURCES, Source, build_source
+from worker.store import EventStore
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    redis: redis.Redis
+    store: EventStore
+    limiter: SharedRateLimiter
+    sinks: dict[str, Sink] = field(default_factory=dict)
+    _source: Source | None = None
+
+    @property
+    def source_class(self) -> type[Source]:
+        return SOURCES[self.settings.source]
+
+    @property
+    def source(self) -> Source | None:
+        """The configured analytics source, or None when its credentials are not set."""
+        if self._source is None and self.source_class.configured(self.settings):
+            self._source = build_source(self.settings, self.limiter)
+        return self._source
+
+
+def redis_client(settings: Settings) -> redis.Redis:
+    # Short timeouts: a Redis outage must turn into a quick 503, never a hung request.
+    return redis.Redis.from_url(
+        settings.redis_url,
+        socket_timeout=5,
+        socket_connect_timeout=3,
+        health_check_interval=15,
+        retry_on_timeout=False,
+    )
+
+
+def build_runtime(settings: Settings) -> Runtime:
+    client = redis_client(settings)
+    limiter = SharedRateLimiter(client, settings.redis_url, settings.redis_key_prefix)
+    return Runtime(
+        settings=settings,
+        redis=client,
+        store=EventStore(client, settings.redis_key_prefix, settings.event_retention_seconds),
+        limiter=limiter,
+        sinks=build_sinks(settings, limiter),
+    )
+
+
+@functools.cache
+def get_runtime() -> Runtime:
+    return build_runtime(get_settings())

@@ -1,0 +1,71 @@
+"""Zendesk: one private comment on the ticket named by the event's ``ticket_id``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from config import Settings
+from worker.events import Event
+from worker.http import ServiceClient
+from worker.journey import JourneyContext
+from worker.ratelimit import SharedRateLimiter
+from worker.render import render_zendesk_html
+from worker.sinks.base import DeliveryResult, Sink
+
+
+class ZendeskSink(Sink):
+    name = "zendesk"
+    label = "Zendesk"
+
+    @classmethod
+    def enabled(cls, settings: Settings) -> bool:
+        return settings.zendesk_api_token is not None
+
+    def build_client(self, settings: Settings, limiter: SharedRateLimiter) -> ServiceClient:
+        token = settings.zendesk_api_token.get_secret_value() if settings.zendesk_api_token else ""
+        return ServiceClient(
+            "zendesk",
+            str(settings.zendesk_base_url),
+            settings=settings,
+            limiter=limiter,
+            rate=settings.zendesk_rate_limit,
+            # Zendesk API tokens authenticate as "{email}/token" with the token as password.
+            auth=(f"{settings.zendesk_email}/token", token),
+            headers={"Accept": "application/json"},
+        )
+
+    def skip_reason(self, event: Event, context: JourneyContext) -> str | None:
+        if not event.ticket_id:
+            return "no ticket_id on the event"
+        return super().skip_reason(event, context)
+
+    def deliver(self, event: Event, context: JourneyContext) -> DeliveryResult:
+        body = {
+            "ticket": {
+                "comment": {"html_body": render_zendesk_html(event, context), "public": False}
+            }
+        }
+        response = self.http.request(
+            "PUT", f"api/v2/tickets/{event.ticket_id}.json", json_body=body
+        )
+        audit: Any = response.json().get("audit") if response.content else None
+        comment_id = None
+        if isinstance(audit, dict):
+            for item in audit.get("events") or []:
+                if isinstance(item, dict) and item.get("type") == "Comment":
+                    comment_id = str(item.get("id"))
+        return DeliveryResult(external_id=comment_id, detail=f"ticket {event.ticket_id}")
+
+    def already_delivered(self, event: Event) -> bool | None:
+        response = self.http.request(
+            "GET",
+            f"api/v2/tickets/{event.ticket_id}/comments.json",
+            params={"sort_order": "desc"},
+        )
+        comments = response.json().get("comments") or []
+        return any(
+            event.marker in str(c.get("html_body") or "")
+            or event.marker in str(c.get("body") or "")
+            for c in comments
+            if isinstance(c, dict)
+        )

@@ -1,0 +1,258 @@
+"""DataFast: ``GET /api/v1/visitors/{visitorId}`` (seed 000) mapped into a JourneyContext.
+
+The models cover every documented field and allow fields the documentation does not list;
+every value may be null for old or cookieless visitors.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from config import Settings
+from worker.errors import Rejected, VisitorNotFound
+from worker.http import ServiceClient
+from worker.journey import (
+    RECENT_PAGES,
+    FirstTouch,
+    Goal,
+    IdentifiedProfile,
+    JourneyContext,
+    Location,
+    PageVisit,
+    Prediction,
+    Technology,
+)
+from worker.ratelimit import SharedRateLimiter
+from worker.sources.base import Source, parse_envelope
+
+
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+
+class NameVersion(_Open):
+    name: str | None = None
+    version: str | None = None
+
+
+class Device(_Open):
+    type: str | None = None
+    vendor: str | None = None
+    model: str | None = None
+
+
+class Viewport(_Open):
+    width: float | None = None
+    height: float | None = None
+
+
+class Identity(_Open):
+    country: str | None = None
+    country_code: str | None = Field(default=None, alias="countryCode")
+    region: str | None = None
+    city: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    ad_click_ids: dict[str, Any] = Field(default_factory=dict, alias="adClickIds")
+    browser: NameVersion = Field(default_factory=NameVersion)
+    os: NameVersion = Field(default_factory=NameVersion)
+    device: Device = Field(default_factory=Device)
+    viewport: Viewport = Field(default_factory=Viewport)
+
+    @field_validator("params", "ad_click_ids", "browser", "os", "device", "viewport", mode="before")
+    @classmethod
+    def _null_is_empty(cls, value: Any) -> Any:
+        return {} if value is None else value
+
+
+class CompletedGoal(_Open):
+    name: str = ""
+    origin: str | None = None
+    type: str | None = None
+    timestamp: datetime | None = None
+
+
+class VisitedPage(_Open):
+    url: str = ""
+    timestamp: datetime | None = None
+
+
+class Activity(_Open):
+    visit_count: int | None = Field(default=None, alias="visitCount")
+    page_view_count: int | None = Field(default=None, alias="pageViewCount")
+    time_since_first_visit: float | None = Field(default=None, alias="timeSinceFirstVisit")
+    time_since_current_visit: float | None = Field(default=None, alias="timeSinceCurrentVisit")
+    first_visit_at: datetime | None = Field(default=None, alias="firstVisitAt")
+    last_visit_at: datetime | None = Field(default=None, alias="lastVisitAt")
+    current_url: str | None = Field(default=None, alias="currentUrl")
+    completed_goals: list[CompletedGoal] = Field(default_factory=list, alias="completedGoals")
+    visited_pages: list[VisitedPage] = Field(default_factory=list, alias="visitedPages")
+
+    @field_validator("completed_goals", "visited_pages", mode="before")
+    @classmethod
+    def _null_is_empty(cls, value: Any) -> Any:
+        return [] if value is None else value
+
+
+class Profile(_Open):
+    user_id: str | None = Field(default=None, alias="userId")
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    identified_at: datetime | None = Field(default=None, alias="identifiedAt")
+
+    @field_validator("metadata", mode="before")
+    @classmethod
+    def _null_is_empty(cls, value: Any) -> Any:
+        return {} if value is None else value
+
+
+class DataFastPrediction(_Open):
+    score: float
+    conversion_rate: float | None = Field(default=None, alias="conversionRate")
+    expected_value: float | None = Field(default=None, alias="expectedValue")
+    confidence: float | None = None
+
+
+class VisitorProfile(_Open):
+    """``data`` of a DataFast visitor response."""
+
+    visitor_id: str = Field(alias="visitorId")
+    identity: Identity = Field(default_factory=Identity)
+    activity: Activity = Field(default_factory=Activity)
+    profile: Profile | None = None
+    prediction: DataFastPrediction | None = None
+
+    @field_validator("identity", "activity", mode="before")
+    @classmethod
+    def _null_is_empty(cls, value: Any) -> Any:
+        return {} if value is None else value
+
+
+def _text(value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    return str(value)
+
+
+def first_touch(identity: Identity) -> FirstTouch:
+    """Where the visitor came from: first-session params, referrer and ad click ids."""
+    params = {str(k).lower(): v for k, v in identity.params.items()}
+    extra = identity.model_extra or {}
+    referrer = _text(extra.get("referrer")) or _text(params.get("referrer"))
+    return FirstTouch(
+        referrer=referrer,
+        utm_source=_text(params.get("utm_source")),
+        utm_medium=_text(params.get("utm_medium")),
+        utm_campaign=_text(params.get("utm_campaign")),
+        utm_term=_text(params.get("utm_term")),
+        utm_content=_text(params.get("utm_content")),
+        ref=_text(params.get("ref")),
+        via=_text(params.get("via")),
+        source=_text(params.get("source")),
+        ad_click_ids={str(k): str(v) for k, v in identity.ad_click_ids.items() if v},
+    )
+
+
+def to_journey(profile: VisitorProfile) -> JourneyContext:
+    """Map a DataFast visitor profile onto the provider-independent journey context."""
+    identity, activity = profile.identity, profile.activity
+    pages = sorted(
+        (p for p in activity.visited_pages if p.url),
+        key=lambda p: (p.timestamp is not None, p.timestamp),
+        reverse=True,
+    )[:RECENT_PAGES]
+    prediction = None
+    if profile.prediction is not None:
+        prediction = Prediction(
+            score=profile.prediction.score,
+            conversion_rate=profile.prediction.conversion_rate,
+            expected_value=profile.prediction.expected_value,
+            confidence=profile.prediction.confidence,
+        )
+    identified = None
+    if profile.profile is not None:
+        identified = IdentifiedProfile(
+            user_id=profile.profile.user_id,
+            metadata=profile.profile.metadata,
+            identified_at=profile.profile.identified_at,
+        )
+    return JourneyContext(
+        provider=DataFastSource.label,
+        visitor_id=profile.visitor_id,
+        first_touch=first_touch(identity),
+        location=Location(
+            country=identity.country,
+            country_code=identity.country_code,
+            region=identity.region,
+            city=identity.city,
+        ),
+        technology=Technology(
+            device=identity.device.type,
+            device_vendor=identity.device.vendor,
+            device_model=identity.device.model,
+            browser=identity.browser.name,
+            browser_version=identity.browser.version,
+            os=identity.os.name,
+            os_version=identity.os.version,
+        ),
+        first_visit_at=activity.first_visit_at,
+        last_visit_at=activity.last_visit_at,
+        visit_count=activity.visit_count,
+        pageview_count=activity.page_view_count,
+        current_url=activity.current_url,
+        recent_pages=[PageVisit(url=p.url, at=p.timestamp) for p in pages],
+        goals=[
+            Goal(name=g.name, type=g.type, origin=g.origin, at=g.timestamp)
+            for g in activity.completed_goals
+        ],
+        profile=identified,
+        prediction=prediction,
+    )
+
+
+class DataFastSource(Source):
+    name = "datafast"
+    label = "DataFast"
+    requires_uuid = True
+
+    @classmethod
+    def configured(cls, settings: Settings) -> bool:
+        return settings.datafast_api_key is not None
+
+    def build_client(self, settings: Settings, limiter: SharedRateLimiter) -> ServiceClient:
+        key = settings.datafast_api_key.get_secret_value() if settings.datafast_api_key else ""
+        return ServiceClient(
+            "datafast",
+            f"{str(settings.datafast_base_url).rstrip('/')}/api/v1",
+            settings=settings,
+            limiter=limiter,
+            rate=settings.datafast_rate_limit,
+            headers={"Authorization": f"Bearer {key}", "Accept": "application/json"},
+        )
+
+    def _params(self) -> dict[str, str] | None:
+        key = self.settings.datafast_api_key
+        if key is not None and key.get_secret_value().startswith("dft_"):
+            return {"websiteId": self.settings.datafast_website_id or ""}
+        return None
+
+    def fetch_profile(self, visitor_id: str) -> VisitorProfile:
+        try:
+            response = self.http.request("GET", f"visitors/{visitor_id}", params=self._params())
+        except Rejected as exc:
+            # 400: invalid id or a bot; 404: no pageviews. Neither changes on retry.
+            if exc.status_code in (400, 404) and not isinstance(exc, VisitorNotFound):
+                raise VisitorNotFound(
+                    exc.message, service=exc.service, status_code=exc.status_code
+                ) from None
+            raise
+        return parse_envelope(response, VisitorProfile)
+
+    def fetch_journey(self, visitor_id: str) -> JourneyContext:
+        return to_journey(self.fetch_profile(visitor_id))
+
+    def check(self) -> str:
+        # The realtime map is a cheap authenticated read that needs no visitor id.
+        self.http.request("GET", "analytics/realtime/map", params=self._params())
+        return f"{self.label} answered at {self.http.base_url}"

@@ -1,0 +1,296 @@
+"""Event state in Redis: dedupe on accept, per-sink outcomes, the step log and dead letters.
+
+Keys (all under ``REDIS_KEY_PREFIX``):
+
+    event:{id}          hash: event (JSON), state, reason, created_at, updated_at,
+                        context (JSON journey), source_attempts
+    event:{id}:sinks    hash: sink name -> JSON SinkRecord
+    event:{id}:steps    list of JSON steps, oldest first (capped)
+    lock:{id}:{sink}    short lock held while one worker delivers to one sink
+    dead                hash: dead-letter id -> JSON DeadLetter
+
+Every key of an event expires after ``EVENT_RETENTION_SECONDS``; that is also the dedupe window.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import redis
+from pydantic import BaseModel, Field
+
+from worker.events import Event
+from worker.journey import JourneyContext
+
+EventState = Literal["queued", "enriching", "delivered", "partially_delivered", "failed", "dead"]
+SinkState = Literal["pending", "posting", "delivered", "skipped", "failed", "dead"]
+TERMINAL_SINK_STATES = frozenset({"delivered", "skipped", "failed", "dead"})
+MAX_STEPS = 200
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class SinkRecord(BaseModel):
+    state: SinkState = "pending"
+    attempts: int = 0
+    reason: str | None = None
+    # What the sink created (note id, comment id), when it says.
+    external_id: str | None = None
+    updated_at: str = Field(default_factory=_now)
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in TERMINAL_SINK_STATES
+
+
+class DeadLetter(BaseModel):
+    id: str
+    event_id: str
+    sink: str | None = None  # None: the event itself (the source) ran out of retries
+    reason: str
+    attempts: int = 0
+    dead_at: str = Field(default_factory=_now)
+
+
+def overall_state(sinks: dict[str, SinkRecord]) -> EventState | None:
+    """The event's state from its sinks' outcomes; None while any sink is still in flight."""
+    if any(not record.terminal for record in sinks.values()):
+        return None
+    delivered = sum(1 for r in sinks.values() if r.state == "delivered")
+    dead = sum(1 for r in sinks.values() if r.state == "dead")
+    failed = sum(1 for r in sinks.values() if r.state == "failed")
+    if dead + failed == 0:
+        return "delivered"
+    if delivered:
+        return "partially_delivered"
+    return "dead" if dead else "failed"
+
+
+# Claim an event id once: create the hash only when it does not exist yet.
+_ACCEPT = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'event', ARGV[1], 'state', 'queued', 'created_at', ARGV[2],
+           'updated_at', ARGV[2])
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
+redis.call('RPUSH', KEYS[2], ARGV[4])
+redis.call('EXPIRE', KEYS[2], tonumber(ARGV[3]))
+return 1
+"""
+
+_RELEASE_LOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+class EventStore:
+    """All event bookkeeping; one instance per process, over one Redis client."""
+
+    def __init__(self, client: redis.Redis, prefix: str, retention_seconds: int) -> None:
+        self.redis = client
+        self.prefix = prefix
+        self.retention = retention_seconds
+        self._accept = client.register_script(_ACCEPT)
+        self._release = client.register_script(_RELEASE_LOCK)
+
+    # Keys -------------------------------------------------------------------------------
+
+    def _event_key(self, event_id: str) -> str:
+        return f"{self.prefix}event:{event_id}"
+
+    def _sinks_key(self, event_id: str) -> str:
+        return f"{self.prefix}event:{event_id}:sinks"
+
+    def _steps_key(self, event_id: str) -> str:
+        return f"{self.prefix}event:{event_id}:steps"
+
+    @property
+    def _dead_key(self) -> str:
+        return f"{self.prefix}dead"
+
+    # Accepting ---------------------------------------------------------------------------
+
+    def accept(self, event: Event) -> bool:
+        """Record a new event as queued; False when that id was accepted before."""
+        step = json.dumps({"at": _now(), "step": "accepted", "detail": event.type})
+        created = self._accept(
+            keys=[self._event_key(event.id), self._steps_key(event.id)],
+            args=[event.model_dump_json(), _now(), self.retention, step],
+        )
+        return bool(created)
+
+    def forget(self, event_id: str) -> None:
+        """Undo ``accept`` when the task could not be queued, so the sender may retry."""
+        self.redis.delete(
+            self._event_key(event_id), self._sinks_key(event_id), self._steps_key(event_id)
+        )
+
+    def load_event(self, event_id: str) -> Event | None:
+        raw = self.redis.hget(self._event_key(event_id), "event")
+        return Event.model_validate_json(raw) if raw else None
+
+    def replace_event(self, event: Event) -> None:
+        """Store a completed event (e.g. a visitor id found on the livechat visitor)."""
+        self.redis.hset(self._event_key(event.id), "event", event.model_dump_json())
+
+    # State and steps ---------------------------------------------------------------------
+
+    def set_state(self, event_id: str, state: EventState, reason: str | None = None) -> None:
+        key = self._event_key(event_id)
+        self.redis.hset(key, mapping={"state": state, "updated_at": _now()})
+        if reason is not None:
+            self.redis.hset(key, "reason", reason)
+
+    def get_field(self, event_id: str, name: str) -> str | None:
+        value = self.redis.hget(self._event_key(event_id), name)
+        return value.decode() if isinstance(value, bytes) else value
+
+    def add_step(self, event_id: str, step: str, detail: str | None = None, **extra: Any) -> None:
+        entry = {"at": _now(), "step": step, **({"detail": detail} if detail else {}), **extra}
+        key = self._steps_key(event_id)
+        pipe = self.redis.pipeline()
+        pipe.rpush(key, json.dumps(entry))
+        pipe.ltrim(key, -MAX_STEPS, -1)
+        pipe.expire(key, self.retention)
+        pipe.execute()
+
+    def incr_source_attempts(self, event_id: str) -> int:
+        return int(self.redis.hincrby(self._event_key(event_id), "source_attempts", 1))
+
+    # Journey -----------------------------------------------------------------------------
+
+    def save_context(self, event_id: str, context: JourneyContext) -> None:
+        self.redis.hset(self._event_key(event_id), "context", context.model_dump_json())
+
+    def load_context(self, event_id: str) -> JourneyContext | None:
+        raw = self.redis.hget(self._event_key(event_id), "context")
+        return JourneyContext.model_validate_json(raw) if raw else None
+
+    # Sinks -------------------------------------------------------------------------------
+
+    def plan_sinks(self, event_id: str, planned: list[str], skipped: dict[str, str]) -> None:
+        """Create each sink's record once; a redelivered task never resets an outcome."""
+        key = self._sinks_key(event_id)
+        pipe = self.redis.pipeline()
+        for name in planned:
+            pipe.hsetnx(key, name, SinkRecord().model_dump_json())
+        for name, reason in skipped.items():
+            pipe.hsetnx(key, name, SinkRecord(state="skipped", reason=reason).model_dump_json())
+        pipe.expire(key, self.retention)
+        pipe.execute()
+
+    def sink_record(self, event_id: str, sink: str) -> SinkRecord | None:
+        raw = self.redis.hget(self._sinks_key(event_id), sink)
+        return SinkRecord.model_validate_json(raw) if raw else None
+
+    def sink_records(self, event_id: str) -> dict[str, SinkRecord]:
+        raw = self.redis.hgetall(self._sinks_key(event_id))
+        return {
+            (k.decode() if isinstance(k, bytes) else k): SinkRecord.model_validate_json(v)
+            for k, v in raw.items()
+        }
+
+    def save_sink(self, event_id: str, sink: str, record: SinkRecord) -> None:
+        record = record.model_copy(update={"updated_at": _now()})
+        self.redis.hset(self._sinks_key(event_id), sink, record.model_dump_json())
+
+    @contextmanager
+    def sink_lock(self, event_id: str, sink: str, ttl_seconds: float) -> Iterator[bool]:
+        """Hold the (event, sink) delivery lock; yields False when another worker holds it."""
+        key = f"{self.prefix}lock:{event_id}:{sink}"
+        token = secrets.token_hex(8)
+        acquired = bool(self.redis.set(key, token, nx=True, px=int(ttl_seconds * 1000)))
+        try:
+            yield acquired
+        finally:
+            if acquired:
+                self._release(keys=[key], args=[token])
+
+    def refresh_state(self, event_id: str) -> EventState | None:
+        """Set the event's overall state once every planned sink has an outcome."""
+        state = overall_state(self.sink_records(event_id))
+        if state is not None:
+            self.set_state(event_id, state)
+        return state
+
+    # Reading for the API -----------------------------------------------------------------
+
+    def describe(self, event_id: str) -> dict[str, Any] | None:
+        """The event's status as ``GET /v1/events/{id}`` shows it."""
+        pipe = self.redis.pipeline()
+        pipe.hgetall(self._event_key(event_id))
+        pipe.hgetall(self._sinks_key(event_id))
+        pipe.lrange(self._steps_key(event_id), 0, -1)
+        fields, sinks, steps = pipe.execute()
+        if not fields:
+            return None
+        data = {_text(k): _text(v) for k, v in fields.items()}
+        event = json.loads(data["event"])
+        context = json.loads(data["context"]) if data.get("context") else None
+        return {
+            "eventId": event_id,
+            "type": event.get("type"),
+            "visitorId": event.get("visitor_id"),
+            "state": data.get("state"),
+            "reason": data.get("reason"),
+            "createdAt": data.get("created_at"),
+            "updatedAt": data.get("updated_at"),
+            "source": {
+                "attempts": int(data.get("source_attempts") or 0),
+                "journeyFound": context.get("found") if context else None,
+            },
+            "sinks": {
+                _text(name): SinkRecord.model_validate_json(raw).model_dump(
+                    mode="json", by_alias=True
+                )
+                for name, raw in sinks.items()
+            },
+            "steps": [json.loads(s) for s in steps],
+        }
+
+    # Dead letters ------------------------------------------------------------------------
+
+    def add_dead_letter(
+        self, event_id: str, sink: str | None, reason: str, attempts: int
+    ) -> DeadLetter:
+        letter = DeadLetter(
+            id=f"{event_id}:{sink}" if sink else event_id,
+            event_id=event_id,
+            sink=sink,
+            reason=reason,
+            attempts=attempts,
+        )
+        self.redis.hset(self._dead_key, letter.id, letter.model_dump_json())
+        return letter
+
+    def dead_letters(self) -> list[DeadLetter]:
+        letters = [
+            DeadLetter.model_validate_json(v) for v in self.redis.hgetall(self._dead_key).values()
+        ]
+        return sorted(letters, key=lambda d: d.dead_at)
+
+    def dead_letter(self, letter_id: str) -> DeadLetter | None:
+        raw = self.redis.hget(self._dead_key, letter_id)
+        return DeadLetter.model_validate_json(raw) if raw else None
+
+    def remove_dead_letter(self, letter_id: str) -> bool:
+        return bool(self.redis.hdel(self._dead_key, letter_id))
+
+    def purge_dead_letters(self) -> int:
+        count = int(self.redis.hlen(self._dead_key))
+        self.redis.delete(self._dead_key)
+        return count
+
+    def ping(self) -> bool:
+        return bool(self.redis.ping())
+
+
+def _text(value: Any) -> Any:
+    return value.decode() if isinstance(value, bytes) else value
