@@ -570,7 +570,6 @@ def render_slack_alert(event: Event, ctx: JourneyContext) -> dict[str, Any]:
     """Incoming-webhook payload ``{"text", "blocks"}`` for a hot-lead alert."""
     marker = _mrkdwn(event.marker)
     who = _slack_who(event)
-    plain_who = _who(event) or f"visitor {ctx.visitor_id}"
     if not ctx.found:
         note = _mrkdwn(_not_found(ctx))
         return {
@@ -590,18 +589,16 @@ def render_slack_alert(event: Event, ctx: JourneyContext) -> dict[str, Any]:
         if f.label != "Visitor ID"
     ][:SLACK_MAX_FIELDS]
 
-    headline = f"Hot lead: {_one_line(plain_who)}"
+    visitor = f"{provider_name(ctx.provider)} visitor `{_mrkdwn(ctx.visitor_id)}`"
+    # plain_text is shown literally (no mrkdwn, so no escaping); mrkdwn texts are escaped.
+    header = f"Hot lead: {_one_line(event.name or event.email or f'visitor {ctx.visitor_id}')}"
+    headline = f"Hot lead: {_who(event) or f'visitor {ctx.visitor_id}'}"
     blocks: list[dict[str, Any]] = [
         {
             "type": "header",
-            "text": {"type": "plain_text", "text": _cut(headline, SLACK_HEADER_MAX_CHARS)},
+            "text": {"type": "plain_text", "text": _cut(header, SLACK_HEADER_MAX_CHARS)},
         },
-        _slack_section(
-            _joined(
-                who, f"{provider_name(ctx.provider)} visitor `{_mrkdwn(ctx.visitor_id)}`", sep="\n"
-            )
-            or ""
-        ),
+        _slack_section(f"{who}\n{visitor}" if who else visitor),
     ]
     if fields:
         blocks.append(

@@ -161,6 +161,14 @@ class EventStore:
         pipe.expire(key, self.retention)
         pipe.execute()
 
+    def reset_source(self, event_id: str) -> None:
+        """Forget the source attempts and any journey, so the event is fetched afresh."""
+        self.redis.hdel(self._event_key(event_id), "source_attempts", "context", "reason")
+
+    def reset_sink(self, event_id: str, sink: str, state: SinkState) -> None:
+        record = self.sink_record(event_id, sink) or SinkRecord()
+        self.save_sink(event_id, sink, record.model_copy(update={"state": state, "attempts": 0}))
+
     def incr_source_attempts(self, event_id: str) -> int:
         return int(self.redis.hincrby(self._event_key(event_id), "source_attempts", 1))
 

@@ -69,3 +69,7 @@ class ZendeskSink(Sink):
             for c in comments
             if isinstance(c, dict)
         )
+
+    def check(self) -> str:
+        self.http.request("GET", "api/v2/users/me.json")
+        return f"{self.label} answered at {self.http.base_url}"

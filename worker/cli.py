@@ -1,0 +1,347 @@
+"""The ``visitor-enrich`` command: serve, check, enrich, hubspot-setup, dead letters.
+
+Built with Typer (argument parsing, help, exit codes) rather than by hand.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from config import ConfigError, Settings, load_settings
+
+cli = typer.Typer(
+    name="visitor-enrich",
+    help="Visitor journey context for signups, support tickets and live chats.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+dead_cli = typer.Typer(help="Dead letters: what ran out of retries or failed for good.")
+cli.add_typer(dead_cli, name="dead")
+
+DEFAULT_REDIS_URL = "redis://localhost:6379/0"
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings()
+    except ConfigError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
+
+
+def _redis_answers(url: str) -> bool:
+    import redis
+
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1).ping())
+    except redis.RedisError:
+        return False
+
+
+def _start_private_redis(data_dir: Path) -> subprocess.Popen[bytes]:
+    """Start ``redis-server`` from PATH on 6379 with append-only persistence in ``data_dir``."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        typer.echo(
+            "Redis is not reachable at redis://localhost:6379 and redis-server is not on PATH.\n"
+            "Install it (Debian/Ubuntu: apt-get install redis-server; macOS: brew install redis),"
+            " or run `docker compose up -d redis`, or set REDIS_URL to a Redis you have.",
+            err=True,
+        )
+        raise typer.Exit(1)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    process = subprocess.Popen(
+        [
+            binary,
+            "--port",
+            "6379",
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(data_dir),
+            "--appendonly",
+            "yes",
+            "--maxmemory-policy",
+            "noeviction",
+            "--save",
+            "",
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    for _ in range(50):
+        if _redis_answers(DEFAULT_REDIS_URL):
+            typer.echo(f"started a private redis-server (data in {data_dir})")
+            return process
+        time.sleep(0.1)
+    process.terminate()
+    typer.echo("redis-server did not start; see its output above", err=True)
+    raise typer.Exit(1)
+
+
+@cli.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address the web app listens on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port of the web app.")] = 8000,
+    concurrency: Annotated[int, typer.Option(help="Worker threads.")] = 16,
+    beat: Annotated[bool, typer.Option(help="Also run the scheduler (realtime alerts).")] = True,
+) -> None:
+    """Run web, worker and beat together (local use). Starts Redis if none answers."""
+    settings = _settings()
+    children: list[subprocess.Popen[bytes]] = []
+    if not _redis_answers(settings.redis_url):
+        if settings.redis_url != DEFAULT_REDIS_URL:
+            typer.echo(f"Redis does not answer at REDIS_URL ({settings.redis_url}).", err=True)
+            raise typer.Exit(1)
+        children.append(_start_private_redis(Path(".data/redis").resolve()))
+    bin_dir = Path(sys.executable).parent
+    commands = [
+        [
+            str(bin_dir / "uvicorn"),
+            "worker.web:create_app",
+            "--factory",
+            "--host",
+            host,
+            "--port",
+            str(port),
+        ],
+        [
+            str(bin_dir / "celery"),
+            "-A",
+            "worker.app",
+            "worker",
+            "--pool",
+            "threads",
+            "--concurrency",
+            str(concurrency),
+            "-Q",
+            settings.celery_queue,
+            "--loglevel",
+            "INFO",
+        ],
+    ]
+    if beat:
+        schedule = Path(".data/celerybeat-schedule").resolve()
+        schedule.parent.mkdir(parents=True, exist_ok=True)
+        commands.append(
+            [
+                str(bin_dir / "celery"),
+                "-A",
+                "worker.app",
+                "beat",
+                "--loglevel",
+                "INFO",
+                "--schedule",
+                str(schedule),
+            ]
+        )
+    children.extend(subprocess.Popen(command) for command in commands)
+    typer.echo(f"visitor-enrich listening on http://{host}:{port}  (Ctrl-C stops everything)")
+
+    def stop(*_: object) -> None:
+        for child in reversed(children):
+            if child.poll() is None:
+                child.terminate()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        while all(child.poll() is None for child in children):
+            time.sleep(0.5)
+    finally:
+        stop()
+        for child in children:
+            try:
+                child.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                child.kill()
+    raise typer.Exit(0 if all(c.returncode in (0, -signal.SIGTERM) for c in children) else 1)
+
+
+@cli.command()
+def check() -> None:
+    """Validate settings, ping Redis and each configured API."""
+    settings = _settings()
+    from worker.runtime import build_runtime
+
+    rt = build_runtime(settings)
+    failures = 0
+
+    def report(name: str, probe: object) -> None:
+        nonlocal failures
+        try:
+            detail = probe() if callable(probe) else str(probe)
+            typer.echo(f"ok    {name}: {detail}")
+        except Exception as exc:
+            failures += 1
+            typer.echo(f"FAIL  {name}: {exc}")
+
+    typer.echo("ok    settings")
+    report("redis", lambda: "answers" if rt.store.ping() else "no answer")
+    source = rt.source
+    if source is None:
+        failures += 1
+        typer.echo(f"FAIL  source {settings.source}: not configured (set its API key)")
+    else:
+        report(f"source {source.label}", source.check)
+    if not rt.sinks:
+        typer.echo("note  no sink is configured")
+    for name, sink in rt.sinks.items():
+        report(f"sink {name}", sink.check)
+    raise typer.Exit(1 if failures else 0)
+
+
+@cli.command()
+def enrich(
+    visitor_id: Annotated[str, typer.Argument(help="The datafast_visitor_id.")],
+    email: Annotated[str | None, typer.Option(help="Contact email (for HubSpot).")] = None,
+    name: Annotated[str | None, typer.Option(help="Contact name.")] = None,
+    event_type: Annotated[
+        str, typer.Option("--type", help="signup, support_ticket or livechat.")
+    ] = "signup",
+    ticket_id: Annotated[str | None, typer.Option(help="Zendesk ticket to annotate.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print only; post nothing.")] = False,
+) -> None:
+    """Fetch one visitor's journey, print it, and (without --dry-run) post it to the sinks."""
+    settings = _settings()
+    from worker.errors import EnrichmentError
+    from worker.events import Event
+    from worker.render import render_text
+    from worker.runtime import build_runtime
+    from worker.tasks import fetch_context, plan
+
+    rt = build_runtime(settings)
+    event = Event.model_validate(
+        {
+            "id": f"cli_{uuid.uuid4().hex[:12]}",
+            "type": event_type,
+            "visitor_id": visitor_id,
+            "email": email,
+            "name": name,
+            "ticket_id": ticket_id,
+        }
+    )
+    try:
+        context = fetch_context(rt, event)
+    except EnrichmentError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(render_text(event, context))
+    planned, skipped = plan(rt, event, context)
+    for sink_name, reason in skipped.items():
+        typer.echo(f"skip  {sink_name}: {reason}")
+    failures = 0
+    for sink_name in planned:
+        if dry_run:
+            typer.echo(f"would post to {sink_name}")
+            continue
+        try:
+            result = rt.sinks[sink_name].deliver(event, context)
+            typer.echo(f"ok    {sink_name}: {result.detail or 'posted'}")
+        except EnrichmentError as exc:
+            failures += 1
+            typer.echo(f"FAIL  {sink_name}: {exc}")
+    raise typer.Exit(1 if failures else 0)
+
+
+@cli.command("hubspot-setup")
+def hubspot_setup() -> None:
+    """Create the visitor-enrich contact properties (and their group) in HubSpot, once."""
+    settings = _settings()
+    from worker.errors import EnrichmentError
+    from worker.runtime import build_runtime
+    from worker.sinks.hubspot import HubSpotSink
+
+    sink = build_runtime(settings).sinks.get(HubSpotSink.name)
+    if not isinstance(sink, HubSpotSink):
+        typer.echo("HUBSPOT_TOKEN is not set", err=True)
+        raise typer.Exit(2)
+    try:
+        created = sink.ensure_properties()
+    except EnrichmentError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo("created: " + ", ".join(created) if created else "all properties exist already")
+
+
+@dead_cli.command("list")
+def dead_list() -> None:
+    """List dead letters, oldest first."""
+    from worker.runtime import build_runtime
+
+    letters = build_runtime(_settings()).store.dead_letters()
+    if not letters:
+        typer.echo("no dead letters")
+    for letter in letters:
+        typer.echo(f"{letter.id}\t{letter.dead_at}\tattempts={letter.attempts}\t{letter.reason}")
+
+
+@dead_cli.command("show")
+def dead_show(letter_id: str) -> None:
+    """Show one dead letter and its event's status."""
+    import json
+
+    from worker.runtime import build_runtime
+
+    store = build_runtime(_settings()).store
+    letter = store.dead_letter(letter_id)
+    if letter is None:
+        typer.echo(f"no dead letter {letter_id!r}", err=True)
+        raise typer.Exit(1)
+    typer.echo(
+        json.dumps(
+            {"deadLetter": letter.model_dump(), "event": store.describe(letter.event_id)}, indent=2
+        )
+    )
+
+
+@dead_cli.command("replay")
+def dead_replay(
+    letter_id: Annotated[
+        str | None, typer.Argument(help="Dead letter id (see `dead list`).")
+    ] = None,
+    replay_all: Annotated[bool, typer.Option("--all", help="Replay every dead letter.")] = False,
+) -> None:
+    """Queue dead letters again; what was delivered meanwhile is not posted twice."""
+    from worker.replay import replay
+    from worker.runtime import build_runtime
+
+    rt = build_runtime(_settings())
+    if replay_all == (letter_id is not None):
+        typer.echo("give one dead letter id or --all", err=True)
+        raise typer.Exit(2)
+    letters = rt.store.dead_letters() if replay_all else [rt.store.dead_letter(letter_id or "")]
+    if letters == [None]:
+        typer.echo(f"no dead letter {letter_id!r}", err=True)
+        raise typer.Exit(1)
+    for letter in letters:
+        if letter is not None:
+            typer.echo(replay(rt, letter))
+
+
+@dead_cli.command("purge")
+def dead_purge(yes: Annotated[bool, typer.Option("--yes", help="Do not ask.")] = False) -> None:
+    """Delete every dead letter."""
+    from worker.runtime import build_runtime
+
+    if not yes and not typer.confirm("Delete every dead letter?"):
+        raise typer.Exit(1)
+    typer.echo(f"purged {build_runtime(_settings()).store.purge_dead_letters()} dead letters")
+
+
+def main() -> None:
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    cli()
+
+
+if __name__ == "__main__":
+    main()
