@@ -181,6 +181,11 @@ class Settings(BaseSettings):
     # Redis redelivers a task that was taken but not acknowledged after this many seconds
     # (a worker killed mid-task). Every retry countdown is kept below half of it.
     broker_visibility_timeout: int = Field(default=60, ge=10)
+    # Circuit breaker per upstream: this many 5xx/timeouts within the window open it for the
+    # cool-down; tasks meanwhile are re-scheduled without using up attempts.
+    circuit_failure_threshold: int = Field(default=5, ge=1)
+    circuit_window_seconds: float = Field(default=30.0, gt=0)
+    circuit_cooldown_seconds: float = Field(default=15.0, gt=0)
     # How long event ids are remembered for dedupe and status (7 days).
     event_retention_seconds: int = Field(default=7 * 24 * 3600, ge=60)
 

@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 
 from config import Rate, Settings
+from worker.circuit import CircuitBreaker
 from worker.errors import (
     AuthFailed,
     BadResponse,
@@ -200,6 +201,13 @@ class ServiceClient:
         self.base_url = base_url.rstrip("/")
         self._settings = settings
         self._limiter = limiter
+        self._breaker = CircuitBreaker(
+            limiter.redis,
+            limiter.prefix,
+            threshold=settings.circuit_failure_threshold,
+            window=settings.circuit_window_seconds,
+            cooldown=settings.circuit_cooldown_seconds,
+        )
         self._rate = rate
         self._headers = headers or {}
         self._auth = auth
@@ -223,7 +231,31 @@ class ServiceClient:
         json_body: Any = None,
         max_wait: float | None = None,
     ) -> UpstreamResponse:
-        """Send one request and return its 2xx response, or raise an ``UpstreamError``."""
+        """Send one request and return its 2xx response, or raise an ``UpstreamError``.
+
+        ``Throttled`` (our limiter, a provider pause or an open circuit) means nothing was sent.
+        """
+        self._breaker.before_call(self.service)
+        try:
+            response = self._request(
+                method, path, params=params, json_body=json_body, max_wait=max_wait
+            )
+        except Unavailable:
+            if self._breaker.record_failure(self.service):
+                log.warning("circuit opened", extra={"service": self.service})
+            raise
+        self._breaker.record_success(self.service)
+        return response
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, str] | None,
+        json_body: Any,
+        max_wait: float | None,
+    ) -> UpstreamResponse:
         wait_limit = self._settings.max_countdown / 2 if max_wait is None else max_wait
         self._limiter.acquire(self.service, self._rate, max_wait=wait_limit)
         request = self.client.build_request(

@@ -36,15 +36,15 @@ class SharedRateLimiter:
         *,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        self._redis = redis_client
-        self._prefix = key_prefix
+        self.redis = redis_client
+        self.prefix = key_prefix
         self._limiter = MovingWindowRateLimiter(
             RedisStorage(redis_url, key_prefix=f"{key_prefix}limits")
         )
         self._sleep = sleep
 
     def _pause_key(self, service: str) -> str:
-        return f"{self._prefix}pause:{service}"
+        return f"{self.prefix}pause:{service}"
 
     def pause(self, service: str, seconds: float) -> None:
         """Hold every request to ``service`` for ``seconds``; a longer pause in force stays."""
@@ -54,14 +54,14 @@ class SharedRateLimiter:
         until_ms = int((time.time() + seconds) * 1000)
         # Keep the later of the two deadlines: two 429s seen by two workers must not shorten
         # each other's pause.
-        current = self._redis.get(key)
+        current = self.redis.get(key)
         if current is not None and int(current) >= until_ms:
             return
-        self._redis.set(key, until_ms, px=max(1, int(seconds * 1000)))
+        self.redis.set(key, until_ms, px=max(1, int(seconds * 1000)))
 
     def paused_for(self, service: str) -> float:
         """Seconds left on a pause of ``service`` (0 when none)."""
-        value = self._redis.get(self._pause_key(service))
+        value = self.redis.get(self._pause_key(service))
         if value is None:
             return 0.0
         return max(0.0, int(value) / 1000 - time.time())

@@ -1,0 +1,68 @@
+"""A circuit breaker per upstream service, shared by all workers through Redis.
+
+After ``threshold`` failures that say "the service is down" (5xx, timeouts, refused
+connections) within ``window`` seconds, the circuit opens: no request to that service leaves
+for ``cooldown`` seconds, and tasks are re-scheduled (``Throttled``) instead of spending their
+attempts on a service that is known to be down. The first request after the cool-down is the
+probe: a success closes the circuit, another failure opens it again.
+
+Written here rather than taken from a library: the maintained Python breakers (pybreaker,
+circuitbreaker) keep their state per process, or in Redis only through a client that must be
+shared with their own locking; the whole state here is two Redis keys.
+"""
+
+from __future__ import annotations
+
+import redis
+
+from worker.errors import Throttled
+
+
+class CircuitBreaker:
+    def __init__(
+        self,
+        client: redis.Redis,
+        prefix: str,
+        *,
+        threshold: int,
+        window: float,
+        cooldown: float,
+    ) -> None:
+        self._redis = client
+        self._prefix = prefix
+        self.threshold = threshold
+        self.window = window
+        self.cooldown = cooldown
+
+    def _keys(self, service: str) -> tuple[str, str]:
+        return f"{self._prefix}circuit:{service}:failures", f"{self._prefix}circuit:{service}:open"
+
+    def before_call(self, service: str) -> None:
+        """Raise ``Throttled`` while the circuit of ``service`` is open."""
+        _, open_key = self._keys(service)
+        remaining_ms = self._redis.pttl(open_key)
+        if remaining_ms and remaining_ms > 0:
+            raise Throttled(
+                f"circuit open after repeated failures; next try in {remaining_ms / 1000:.1f}s",
+                service=service,
+                retry_after=remaining_ms / 1000,
+            )
+
+    def record_failure(self, service: str) -> bool:
+        """Count one failure; True when this one opened the circuit."""
+        failures_key, open_key = self._keys(service)
+        pipe = self._redis.pipeline()
+        pipe.incr(failures_key)
+        pipe.pexpire(failures_key, int(self.window * 1000), nx=True)
+        count, _ = pipe.execute()
+        if int(count) >= self.threshold:
+            self._redis.delete(failures_key)
+            return bool(self._redis.set(open_key, 1, px=int(self.cooldown * 1000), nx=True))
+        return False
+
+    def record_success(self, service: str) -> None:
+        failures_key, _ = self._keys(service)
+        self._redis.delete(failures_key)
+
+    def is_open(self, service: str) -> bool:
+        return bool(self._redis.exists(self._keys(service)[1]))
