@@ -191,6 +191,7 @@ def _attempt(
     """One delivery attempt; returns a countdown when it must be retried, else None."""
     store, settings = rt.store, rt.settings
     extra = {"event_id": event.id, "sink": sink.name, "attempt": record.attempts + 1}
+    before = record
     try:
         if record.state == "posting" and sink.already_delivered(event):
             store.save_sink(
@@ -211,9 +212,8 @@ def _attempt(
         store.save_sink(event.id, sink.name, record)
         result = sink.deliver(event, context)
     except Throttled as exc:
-        store.save_sink(
-            event.id, sink.name, record.model_copy(update={"state": "pending", "reason": str(exc)})
-        )
+        # Nothing was sent: back to the state before this attempt, without using one up.
+        store.save_sink(event.id, sink.name, before.model_copy(update={"reason": str(exc)}))
         return min(exc.retry_after, settings.max_countdown)
     except UpstreamError as exc:
         if not exc.retryable:

@@ -1,0 +1,54 @@
+"""The circuit breaker, shared through real Redis by two 'workers' (two clients)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from worker.circuit import CircuitBreaker
+from worker.errors import Throttled
+
+
+@pytest.fixture
+def prefix() -> Iterator[str]:
+    value = f"test-circuit-{uuid.uuid4().hex[:8]}:"
+    yield value
+    client = redis.Redis()
+    keys = list(client.scan_iter(f"{value}*"))
+    if keys:
+        client.delete(*keys)
+
+
+def _breaker(prefix: str, cooldown: float = 0.5) -> CircuitBreaker:
+    return CircuitBreaker(redis.Redis(), prefix, threshold=3, window=10, cooldown=cooldown)
+
+
+def test_opens_after_threshold_failures_across_workers(prefix: str) -> None:
+    one, two = _breaker(prefix), _breaker(prefix)
+    assert not one.record_failure("datafast")
+    assert not two.record_failure("datafast")
+    one.before_call("datafast")  # still closed
+    assert two.record_failure("datafast")  # the third failure, from either worker, opens it
+    for breaker in (one, two):
+        with pytest.raises(Throttled) as caught:
+            breaker.before_call("datafast")
+        assert 0 < caught.value.retry_after <= 0.5
+    # Other services are not affected.
+    one.before_call("zendesk")
+
+
+def test_closes_after_cooldown_and_success_resets_the_count(prefix: str) -> None:
+    breaker = _breaker(prefix, cooldown=0.2)
+    for _ in range(3):
+        breaker.record_failure("hubspot")
+    assert breaker.is_open("hubspot")
+    time.sleep(0.3)
+    breaker.before_call("hubspot")  # the probe may go
+    breaker.record_success("hubspot")
+    assert not breaker.record_failure("hubspot")
+    assert not breaker.record_failure("hubspot")
+    assert not breaker.is_open("hubspot")

@@ -1,0 +1,245 @@
+"""The delivery protocol against real Redis: per-sink state, exactly-once effect under
+redelivery, retries that leave delivered sinks alone, dead letters and replay."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import ClassVar
+
+import pytest
+import redis
+
+from config import Settings, load_settings
+from worker.errors import AuthFailed, Throttled, Unavailable
+from worker.events import Event
+from worker.http import ServiceClient
+from worker.journey import JourneyContext
+from worker.ratelimit import SharedRateLimiter
+from worker.runtime import Runtime
+from worker.sinks.base import DeliveryResult, Sink
+from worker.store import EventStore, SinkRecord, overall_state
+from worker.tasks import _attempt
+
+
+class RecordingSink(Sink):
+    """A sink whose destination is a Python list: what it holds is what was posted."""
+
+    name = "recording"
+    label = "Recording"
+    can_look: ClassVar[bool] = True
+
+    def __init__(self, settings: Settings, limiter: SharedRateLimiter) -> None:
+        super().__init__(settings, limiter)
+        self.posted: list[str] = []
+        self.failures: list[Exception] = []
+
+    @classmethod
+    def enabled(cls, settings: Settings) -> bool:
+        return True
+
+    def build_client(self, settings: Settings, limiter: SharedRateLimiter) -> ServiceClient:
+        return ServiceClient(
+            "recording",
+            "http://127.0.0.1:9",
+            settings=settings,
+            limiter=limiter,
+            rate=settings.zendesk_rate_limit,
+        )
+
+    def deliver(self, event: Event, context: JourneyContext) -> DeliveryResult:
+        if self.failures:
+            raise self.failures.pop(0)
+        self.posted.append(event.marker)
+        return DeliveryResult(external_id=str(len(self.posted)))
+
+    def already_delivered(self, event: Event) -> bool | None:
+        return event.marker in self.posted if self.can_look else None
+
+
+@pytest.fixture
+def runtime() -> Iterator[Runtime]:
+    prefix = f"test-delivery-{uuid.uuid4().hex[:8]}:"
+    settings = load_settings(redis_key_prefix=prefix, max_retries=2, retry_backoff_base=0.1)
+    client = redis.Redis.from_url(settings.redis_url)
+    limiter = SharedRateLimiter(client, settings.redis_url, prefix)
+    rt = Runtime(
+        settings=settings,
+        redis=client,
+        limiter=limiter,
+        store=EventStore(client, prefix, settings.event_retention_seconds),
+    )
+    rt.sinks = {"recording": RecordingSink(settings, limiter)}
+    yield rt
+    keys = list(client.scan_iter(f"{prefix}*"))
+    if keys:
+        client.delete(*keys)
+
+
+def _event(rt: Runtime) -> tuple[Event, JourneyContext]:
+    event = Event(
+        id=f"evt_{uuid.uuid4().hex[:10]}",
+        type="support_ticket",
+        ticket_id="1",
+        visitor_id=str(uuid.uuid4()),
+    )
+    assert rt.store.accept(event)
+    context = JourneyContext(provider="DataFast", visitor_id=event.visitor_id or "")
+    rt.store.save_context(event.id, context)
+    rt.store.plan_sinks(event.id, ["recording"], {})
+    return event, context
+
+
+def _sink(rt: Runtime) -> RecordingSink:
+    sink = rt.sinks["recording"]
+    assert isinstance(sink, RecordingSink)
+    return sink
+
+
+def _record(rt: Runtime, event: Event) -> SinkRecord:
+    record = rt.store.sink_record(event.id, "recording")
+    assert record is not None
+    return record
+
+
+def test_delivers_once_and_records_it(runtime: Runtime) -> None:
+    event, context = _event(runtime)
+    assert _attempt(runtime, _sink(runtime), event, context, _record(runtime, event)) is None
+    record = _record(runtime, event)
+    assert (record.state, record.attempts, record.external_id) == ("delivered", 1, "1")
+    assert _sink(runtime).posted == [event.marker]
+
+
+def test_crash_after_post_before_record_does_not_post_again(runtime: Runtime) -> None:
+    event, context = _event(runtime)
+    sink = _sink(runtime)
+    # The first run posted, then the worker died before writing "delivered": the record
+    # still says "posting".
+    sink.posted.append(event.marker)
+    runtime.store.save_sink(event.id, "recording", SinkRecord(state="posting", attempts=1))
+    assert _attempt(runtime, sink, event, context, _record(runtime, event)) is None
+    assert sink.posted == [event.marker]
+    record = _record(runtime, event)
+    assert record.state == "delivered"
+    assert record.reason == "found in the sink after a restart"
+
+
+def test_crash_before_post_posts_on_redelivery(runtime: Runtime) -> None:
+    event, context = _event(runtime)
+    sink = _sink(runtime)
+    runtime.store.save_sink(event.id, "recording", SinkRecord(state="posting", attempts=1))
+    assert _attempt(runtime, sink, event, context, _record(runtime, event)) is None
+    assert sink.posted == [event.marker]
+
+
+def test_sink_that_cannot_look_posts_again_after_a_crash(runtime: Runtime) -> None:
+    """The documented residual risk for sinks without a lookup (Slack)."""
+    event, context = _event(runtime)
+    sink = _sink(runtime)
+    sink.can_look = False
+    sink.posted.append(event.marker)
+    runtime.store.save_sink(event.id, "recording", SinkRecord(state="posting", attempts=1))
+    _attempt(runtime, sink, event, context, _record(runtime, event))
+    assert sink.posted == [event.marker, event.marker]
+
+
+def test_retryable_failure_is_retried_then_dead_lettered(runtime: Runtime) -> None:
+    event, context = _event(runtime)
+    sink = _sink(runtime)
+    sink.failures = [Unavailable("503 down", service="recording", status_code=503)] * 3
+    countdowns = []
+    for _ in range(3):
+        countdowns.append(_attempt(runtime, sink, event, context, _record(runtime, event)))
+    assert all(c is not None and 0 <= c <= runtime.settings.max_countdown for c in countdowns[:2])
+    assert countdowns[2] is None  # gave up after MAX_RETRIES=2 retries
+    record = _record(runtime, event)
+    assert record.state == "dead" and record.attempts == 3
+    letters = runtime.store.dead_letters()
+    assert [(d.event_id, d.sink) for d in letters] == [(event.id, "recording")]
+    assert "503 down" in letters[0].reason
+    assert sink.posted == []
+
+
+def test_retry_after_is_respected_in_the_countdown(runtime: Runtime) -> None:
+    event, context = _event(runtime)
+    sink = _sink(runtime)
+    from worker.errors import RateLimited
+
+    sink.failures = [RateLimited("429", service="recording", status_code=429, retry_after=3.0)]
+    countdown = _attempt(runtime, sink, event, context, _record(runtime, event))
+    assert countdown is not None and countdown >= 3.0
+
+
+def test_timeout_after_sending_keeps_posting_so_the_next_attempt_looks(runtime: Runtime) -> None:
+    event, context = _event(runtime)
+    sink = _sink(runtime)
+    sink.failures = [Unavailable("read timeout", service="recording", effect_possible=True)]
+    assert _attempt(runtime, sink, event, context, _record(runtime, event)) is not None
+    assert _record(runtime, event).state == "posting"
+
+
+def test_throttled_does_not_use_an_attempt(runtime: Runtime) -> None:
+    event, context = _event(runtime)
+    sink = _sink(runtime)
+    sink.failures = [Throttled("held", service="recording", retry_after=1.5)]
+    assert _attempt(runtime, sink, event, context, _record(runtime, event)) == 1.5
+    record = _record(runtime, event)
+    # Throttled means nothing was sent: the record is as before and no attempt is used up.
+    assert (record.state, record.attempts) == ("pending", 0)
+
+
+def test_permanent_failure_is_not_retried(runtime: Runtime) -> None:
+    event, context = _event(runtime)
+    sink = _sink(runtime)
+    sink.failures = [AuthFailed("401 bad token", service="recording", status_code=401)]
+    assert _attempt(runtime, sink, event, context, _record(runtime, event)) is None
+    record = _record(runtime, event)
+    assert record.state == "failed" and "401 bad token" in (record.reason or "")
+
+
+def test_replay_of_a_dead_letter_twice_posts_once(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from worker import replay as replay_module
+    from worker import tasks
+
+    event, context = _event(runtime)
+    sink = _sink(runtime)
+    sink.failures = [Unavailable("down", service="recording")] * 3
+    for _ in range(3):
+        _attempt(runtime, sink, event, context, _record(runtime, event))
+    assert _record(runtime, event).state == "dead"
+
+    queued: list[tuple[str, str]] = []
+    monkeypatch.setattr(
+        tasks.deliver_to_sink, "apply_async", lambda args, queue: queued.append(tuple(args))
+    )
+    letter = runtime.store.dead_letters()[0]
+    assert replay_module.replay(runtime, letter).endswith("queued")
+    assert queued == [(event.id, "recording")]
+    assert runtime.store.dead_letters() == []
+    # The queued task runs (twice: a duplicate redelivery); the sink has recovered.
+    monkeypatch.setattr(tasks, "get_runtime", lambda: runtime)
+    tasks.deliver_to_sink(event.id, "recording")
+    tasks.deliver_to_sink(event.id, "recording")
+    assert sink.posted == [event.marker]
+    # Replaying the same letter again finds it delivered and posts nothing.
+    assert replay_module.replay(runtime, letter).endswith("already delivered")
+    assert sink.posted == [event.marker]
+
+
+@pytest.mark.parametrize(
+    ("states", "expected"),
+    [
+        (["delivered", "skipped"], "delivered"),
+        (["delivered", "failed"], "partially_delivered"),
+        (["delivered", "dead"], "partially_delivered"),
+        (["failed", "skipped"], "failed"),
+        (["dead", "failed"], "dead"),
+        (["delivered", "pending"], None),
+        (["posting"], None),
+    ],
+)
+def test_overall_state(states: list[str], expected: str | None) -> None:
+    records = {str(i): SinkRecord(state=s) for i, s in enumerate(states)}  # type: ignore[arg-type]
+    assert overall_state(records) == expected
