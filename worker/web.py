@@ -10,11 +10,12 @@ import hmac
 import json
 import logging
 import uuid
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from standardwebhooks.webhooks import Webhook
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -26,6 +27,35 @@ from worker.observability import configure_logging, init_sentry
 from worker.runtime import Runtime, build_runtime
 
 log = logging.getLogger(__name__)
+
+
+class ErrorBody(BaseModel):
+    code: int
+    message: str
+
+
+class ErrorEnvelope(BaseModel):
+    status: Literal["error"]
+    error: ErrorBody
+
+
+class SuccessEnvelope(BaseModel):
+    status: Literal["success"]
+    data: dict[str, Any]
+
+
+class AcceptedData(BaseModel):
+    eventId: str  # the contract's wire name
+    state: Literal["queued", "duplicate"]
+
+
+class AcceptedEnvelope(BaseModel):
+    status: Literal["success"]
+    data: AcceptedData
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    return {code: {"model": ErrorEnvelope, "description": "error"} for code in codes}
 
 
 class ApiError(Exception):
@@ -144,7 +174,11 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
                 "content": {"application/json": {"schema": EVENT_BODY_SCHEMA}},
             }
         },
-        responses={200: {"description": "duplicate"}, 400: {}, 401: {}, 413: {}, 422: {}, 503: {}},
+        response_model=AcceptedEnvelope,
+        responses={
+            200: {"model": AcceptedEnvelope, "description": "duplicate"},
+            **_errors(400, 401, 413, 422, 503),
+        },
     )
     async def post_event(request: Request) -> JSONResponse:
         body = await read_body(request, settings.max_body_bytes)
@@ -162,7 +196,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
             raise ApiError(exc.status_code, exc.message) from None
         return await run_in_threadpool(accept_event, rt, event)
 
-    @app.get("/v1/events/{event_id}", responses={404: {}, 503: {}})
+    @app.get("/v1/events/{event_id}", response_model=SuccessEnvelope, responses=_errors(404, 503))
     async def get_event(event_id: str) -> JSONResponse:
         try:
             data = await run_in_threadpool(rt.store.describe, event_id)
@@ -172,11 +206,11 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
             raise ApiError(404, f"no event {event_id!r}")
         return success_response(data)
 
-    @app.get("/healthz")
+    @app.get("/healthz", response_model=SuccessEnvelope)
     async def healthz() -> JSONResponse:
         return success_response({"process": "up", "version": __version__})
 
-    @app.get("/readyz", responses={503: {}})
+    @app.get("/readyz", response_model=SuccessEnvelope, responses=_errors(503))
     async def readyz() -> JSONResponse:
         try:
             await run_in_threadpool(rt.store.ping)
@@ -184,7 +218,11 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
             raise ApiError(503, "redis is not reachable") from None
         return success_response({"redis": "up"})
 
-    @app.post("/v1/webhooks/rocketchat", responses={401: {}, 503: {}})
+    @app.post(
+        "/v1/webhooks/rocketchat",
+        response_model=AcceptedEnvelope,
+        responses=_errors(400, 401, 413, 422, 503),
+    )
     async def rocketchat_webhook(request: Request) -> JSONResponse:
         from worker.livechat import parse_rocketchat_webhook
 
