@@ -170,6 +170,16 @@ class Settings(BaseSettings):
     hot_paths: str = "/pricing,/checkout"
     hot_visitor_cooldown: int = Field(default=86400, ge=0)
     alert_on_payments: bool = False
+    # Explainable lead score (worker/score.py), computed only when the provider gives none.
+    # Points per journey fact, the total capped at 100: each view of a HOT_PATHS page among
+    # the recent pages (at most 3 counted), each visit after the first (at most 5), each
+    # completed non-payment goal (at most 2), the last visit's recency (full weight now, half
+    # after a day, a quarter after two...), each pageview (at most 20). A payment means 100.
+    score_weight_hot_page: float = Field(default=12, ge=0)
+    score_weight_visit: float = Field(default=4, ge=0)
+    score_weight_goal: float = Field(default=15, ge=0)
+    score_weight_recency: float = Field(default=20, ge=0)
+    score_weight_pageviews: float = Field(default=0.5, ge=0)
 
     # Delivery policy.
     max_retries: int = Field(default=5, ge=0, le=50)

@@ -11,7 +11,7 @@ import sentry_sdk
 from sentry_sdk.transport import Transport
 
 from config import load_settings
-from worker.observability import KeyValueFormatter, ScrubFilter, Scrubber, make_before_send
+from worker.observability import KeyValueFormatter, Scrubber, ScrubFilter, make_before_send
 
 SECRETS = {
     "datafast_api_key": "df_live_secret_key_123456",

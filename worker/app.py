@@ -17,7 +17,11 @@ from worker.observability import configure_logging, init_sentry, scrub_logging_h
 
 
 def create_celery(settings: Settings) -> Celery:
-    app = Celery("visitor_enrich", broker=settings.redis_url, include=["worker.tasks"])
+    app = Celery(
+        "visitor_enrich",
+        broker=settings.redis_url,
+        include=["worker.tasks", "worker.realtime_tasks"],
+    )
     app.conf.update(
         task_serializer="json",
         accept_content=["json"],
@@ -56,6 +60,18 @@ def create_celery(settings: Settings) -> Celery:
         timezone="UTC",
         enable_utc=True,
     )
+    from worker.realtime import realtime_disabled_reason
+
+    if realtime_disabled_reason(settings) is None:
+        # DataFast realtime map -> Slack hot-visitor alerts (worker/realtime.py).
+        app.conf.beat_schedule = {
+            "poll-realtime": {
+                "task": "visitor_enrich.poll_realtime",
+                "schedule": settings.realtime_poll_seconds,
+                # A tick still queued after a whole period is stale; the next one replaces it.
+                "options": {"expires": settings.realtime_poll_seconds},
+            }
+        }
     return app
 
 

@@ -338,6 +338,60 @@ def dead_purge(yes: Annotated[bool, typer.Option("--yes", help="Do not ask.")] =
     typer.echo(f"purged {build_runtime(_settings()).store.purge_dead_letters()} dead letters")
 
 
+@cli.command()
+def realtime(
+    once: Annotated[
+        bool, typer.Option("--once", help="Poll once and exit (else every REALTIME_POLL_SECONDS).")
+    ] = False,
+    send: Annotated[
+        bool, typer.Option("--send", help="Post the Slack alerts too; without it, only print.")
+    ] = False,
+) -> None:
+    """Print DataFast's active visitors now and who would get a hot-visitor alert."""
+    settings = _settings()
+    from worker.realtime import PollResult, run_realtime_once
+    from worker.runtime import build_runtime
+
+    rt = build_runtime(settings)
+
+    def show(result: PollResult) -> None:
+        if result.map is None:
+            typer.echo(f"error: {result.error}", err=True)
+            return
+        visitors = result.map.visitors
+        count = result.map.count if result.map.count is not None else len(visitors)
+        typer.echo(f"{count} active visitor{'s' if count != 1 else ''}")
+        for v in visitors:
+            score = f"{v.score:g}" if v.score is not None else "-"
+            where = v.location.label or "?"
+            typer.echo(
+                f"  {v.visitor_id}  score {score}  {where}  {v.system.label or '?'}  "
+                f"{v.current_url or ''}"
+            )
+        cooling = {h.key for h in result.cooling}
+        alerted = {h.key for h in result.alerted}
+        failed = {h.key: reason for h, reason in result.failed}
+        if not result.hot:
+            typer.echo("nobody to alert")
+        for h in result.hot:
+            if h.key in alerted:
+                status = "alerted"
+            elif h.key in failed:
+                status = f"FAILED: {failed[h.key]}"
+            elif h.key in cooling:
+                status = "already alerted within HOT_VISITOR_COOLDOWN"
+            else:
+                status = "would alert (use --send)"
+            typer.echo(f"  {status}: {h.visitor.visitor_id} ({'; '.join(h.reasons)})")
+
+    while True:
+        result = run_realtime_once(rt, send=send)
+        show(result)
+        if once:
+            raise typer.Exit(1 if result.error or result.failed else 0)
+        time.sleep(settings.realtime_poll_seconds)
+
+
 def main() -> None:
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     cli()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import email.utils
 import json
 import logging
+import math
 import os
 import re
 import threading
@@ -32,6 +33,7 @@ from worker.ratelimit import SharedRateLimiter
 
 log = logging.getLogger(__name__)
 
+MAX_WAIT_SECONDS = 86400.0
 USER_AGENT = "visitor-enrich/0.1 (+https://github.com/visitor-enrich/visitor-enrich)"
 
 _client: httpx.Client | None = None
@@ -101,16 +103,19 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
         return None
     value = value.strip()
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
         pass
+    else:
+        # "inf", "nan" or 1e400 are not waits anyone meant; a day is the longest we honour.
+        return min(max(0.0, seconds), MAX_WAIT_SECONDS) if math.isfinite(seconds) else None
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
     if when is None:
         return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+    return min(max(0.0, when.timestamp() - (time.time() if now is None else now)), MAX_WAIT_SECONDS)
 
 
 def parse_reset(value: str | None, *, now: float | None = None) -> float | None:
@@ -126,11 +131,13 @@ def parse_reset(value: str | None, *, now: float | None = None) -> float | None:
     except ValueError:
         return parse_retry_after(value, now=now)
     current = time.time() if now is None else now
+    if not math.isfinite(number):
+        return None
     if number > 1e12:
         number /= 1000.0
     if number > 1e9:
-        return max(0.0, number - current)
-    return max(0.0, number)
+        return min(max(0.0, number - current), MAX_WAIT_SECONDS)
+    return min(max(0.0, number), MAX_WAIT_SECONDS)
 
 
 _WAIT_SECONDS = re.compile(r"wait (\d+(?:\.\d+)?) seconds?", re.IGNORECASE)

@@ -20,10 +20,13 @@ import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from worker.events import Event
 from worker.journey import RECENT_PAGES, Goal, JourneyContext, PageVisit, Prediction
+
+if TYPE_CHECKING:
+    from worker.realtime import HotVisitor
 
 __all__ = [
     "HUBSPOT_NOTE_MAX_CHARS",
@@ -38,6 +41,7 @@ __all__ = [
     "journey_sections",
     "provider_name",
     "render_hubspot_note_html",
+    "render_realtime_alert",
     "render_rocketchat_message",
     "render_slack_alert",
     "render_text",
@@ -671,3 +675,83 @@ def render_rocketchat_message(event: Event, ctx: JourneyContext) -> str:
         fallback,
         _ROCKETCHAT_LEVELS,
     )
+
+
+# --------------------------------------------------------------------------- Slack: realtime
+
+REALTIME_PROFILE_ITEMS = 8
+_PROFILE_NAME_KEYS = ("name", "displayName", "fullName", "email", "userId", "user_id")
+
+
+def _profile_name(profile: dict[str, Any]) -> str | None:
+    for key in _PROFILE_NAME_KEYS:
+        value = profile.get(key)
+        if isinstance(value, str | int) and not isinstance(value, bool) and str(value).strip():
+            return _one_line(str(value))
+    return None
+
+
+def render_realtime_alert(hot: HotVisitor) -> dict[str, Any]:
+    """Incoming-webhook payload for a visitor on the site now (DataFast realtime map).
+
+    Location, device, current page, DataFast's score (when it gives one), why this visitor is
+    hot, and the Identify profile when there is one.
+    """
+    visitor = hot.visitor
+    marker = _mrkdwn(f"visitor-enrich:realtime:{hot.key}")
+    profile = {
+        str(k): v
+        for k, v in visitor.profile_data.items()
+        if v is not None and v not in ("", [], {})
+    }
+    who = _profile_name(profile)
+    plain_who = _cut(who or f"visitor {visitor.visitor_id}", 100)
+    reasons = "; ".join(_one_line(r) for r in hot.reasons)
+    score = visitor.score
+    limits = _Limits(chars=300)
+    fields = _facts(
+        [
+            ("Why now", reasons, "both"),
+            (
+                "Lead score",
+                f"{_number(score, 1)}/100 (DataFast)" if score is not None else None,
+                "both",
+            ),
+            ("Location", visitor.location.label, "both"),
+            ("Device", visitor.system.label, "both"),
+            ("Current page", visitor.current_url, "both"),
+        ],
+        limits,
+    )
+    blocks: list[dict[str, Any]] = [
+        {
+            "type": "header",
+            "text": {
+                "type": "plain_text",
+                "text": _cut(f"Hot visitor on the site now: {plain_who}", SLACK_HEADER_MAX_CHARS),
+            },
+        },
+        _slack_section(f"DataFast visitor `{_mrkdwn(_one_line(visitor.visitor_id))}`"),
+        {
+            "type": "section",
+            "fields": [
+                {
+                    "type": "mrkdwn",
+                    "text": _cap_mrkdwn(
+                        f"*{_mrkdwn(f.label)}*\n{_mrkdwn(f.value)}", SLACK_FIELD_MAX_CHARS
+                    ),
+                }
+                for f in fields[:SLACK_MAX_FIELDS]
+            ],
+        },
+    ]
+    if profile:
+        entries = [
+            _mrkdwn(f"{_cut(_one_line(k), _METADATA_KEY_CHARS)}: {_cut(_one_line(v), 200)}")
+            for k, v in profile.items()
+        ]
+        lines = "\n".join(_capped(entries, REALTIME_PROFILE_ITEMS))
+        blocks.append(_slack_section(f"*Identify profile*\n{lines}"))
+    blocks.append(_slack_context(marker))
+    fallback = _mrkdwn(f"Hot visitor on the site now: {plain_who} ({reasons})")
+    return {"text": _slack_fallback(fallback, marker), "blocks": blocks}

@@ -13,6 +13,7 @@ whether ``event.marker`` is already there (``Sink.already_delivered``) and posts
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime
 from typing import Any
 
 from celery import Task
@@ -21,8 +22,10 @@ from worker.app import app
 from worker.errors import EnrichmentError, Throttled, UpstreamError, VisitorNotFound
 from worker.events import Event
 from worker.journey import JourneyContext
+from worker.livechat import complete_livechat_event
 from worker.retry import retry_countdown
 from worker.runtime import Runtime, get_runtime
+from worker.score import ScoreWeights, estimate_score
 from worker.sinks import Sink
 from worker.store import SinkRecord
 
@@ -45,12 +48,23 @@ def fetch_context(rt: Runtime, event: Event) -> JourneyContext:
         raise EnrichmentError(
             f"the {label} source is not configured (set its API key)", service=rt.settings.source
         )
+    if not event.visitor_id and event.livechat_visitor_id:
+        # A livechat event may name only the chat visitor: look its DataFast id up.
+        event, missing = complete_livechat_event(rt, event)
+        if missing:
+            return JourneyContext.not_found(label, "", missing)
     if not event.visitor_id:
         return JourneyContext.not_found(label, "", "no datafast_visitor_id on the event")
     try:
-        return source.fetch_journey(event.visitor_id)
+        context = source.fetch_journey(event.visitor_id)
     except VisitorNotFound as exc:
         return JourneyContext.not_found(label, event.visitor_id, f"{label} answered {exc.message}")
+    if context.found and context.prediction is None:
+        # The provider gave no score: estimate one, marked as such (worker/score.py).
+        weights = ScoreWeights.from_settings(rt.settings)
+        estimate = estimate_score(context, weights, datetime.now(UTC))
+        context = context.model_copy(update={"prediction": estimate})
+    return context
 
 
 def plan(rt: Runtime, event: Event, context: JourneyContext) -> tuple[list[str], dict[str, str]]:
@@ -107,13 +121,26 @@ def enrich_event(self: Task, event_id: str) -> None:
         except EnrichmentError as exc:
             _give_up_on_source(rt, event_id, "failed", str(exc))
             return
+        except Exception as exc:
+            # A bug or an answer no model foresaw: end the event visibly (and replayably)
+            # instead of leaving it "enriching" forever.
+            log.exception("unexpected error while fetching", extra={"event_id": event_id})
+            _give_up_on_source(rt, event_id, "failed", unexpected(exc))
+            return
         store.save_context(event_id, context)
         store.add_step(
             event_id,
             "journey_found" if context.found else "journey_not_found",
             context.missing_reason,
         )
+        if not context.found and context.missing_reason:
+            # The sinks may still post a "no journey" note; the event says why there is none.
+            store.set_state(event_id, "enriching", context.missing_reason)
     fan_out(rt, event, context)
+
+
+def unexpected(exc: Exception) -> str:
+    return f"unexpected error: {type(exc).__name__}: {str(exc)[:200]}"
 
 
 def _give_up_on_source(rt: Runtime, event_id: str, state: Any, reason: str) -> None:
@@ -168,9 +195,9 @@ def deliver_to_sink(self: Task, event_id: str, sink_name: str) -> None:
         )
         _finish(rt, event_id)
         return
-    lock_ttl = (
-        3 * (settings.http_connect_timeout + settings.http_read_timeout) + settings.max_countdown
-    )
+    # The lock outlives no task: a task still running after the visibility timeout is handed
+    # to another worker anyway, and a worker killed mid-call must not block its successor long.
+    lock_ttl = settings.broker_visibility_timeout
     with store.sink_lock(event_id, sink_name, lock_ttl) as locked:
         if not locked:
             # Another worker is delivering this pair right now (a duplicate delivery).
@@ -244,6 +271,11 @@ def _attempt(
         return countdown
     except EnrichmentError as exc:
         _fail(rt, event.id, sink.name, record, "failed", str(exc))
+        return None
+    except Exception as exc:
+        # Never leave a sink "posting" forever: record the failure; replay can retry it.
+        log.exception("unexpected error while delivering", extra=extra)
+        _fail(rt, event.id, sink.name, record, "failed", unexpected(exc))
         return None
     store.save_sink(
         event.id,

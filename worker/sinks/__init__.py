@@ -6,6 +6,7 @@ from config import Settings
 from worker.ratelimit import SharedRateLimiter
 from worker.sinks.base import DeliveryResult, Sink
 from worker.sinks.hubspot import HubSpotSink
+from worker.sinks.rocketchat import RocketChatSink
 from worker.sinks.slack import SlackSink
 from worker.sinks.zendesk import ZendeskSink
 
@@ -13,6 +14,7 @@ SINKS: list[type[Sink]] = [
     HubSpotSink,
     ZendeskSink,
     SlackSink,
+    RocketChatSink,
 ]
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from config import Settings
 from worker.events import Event
 from worker.http import ServiceClient
@@ -41,8 +43,13 @@ class SlackSink(Sink):
             return f"score {score:g} below the alert threshold {threshold:g}"
         return None
 
+    def post(self, payload: dict[str, Any]) -> None:
+        """Send one incoming-webhook payload (lead alerts here, realtime alerts in
+        ``worker.realtime``), under the shared Slack rate limit."""
+        self.http.request("POST", self.http.base_url, json_body=payload)
+
     def deliver(self, event: Event, context: JourneyContext) -> DeliveryResult:
-        self.http.request("POST", self.http.base_url, json_body=render_slack_alert(event, context))
+        self.post(render_slack_alert(event, context))
         return DeliveryResult(detail=f"alert for score {context.score:g}")
 
     def check(self) -> str:

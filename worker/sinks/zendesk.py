@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from config import Settings
+from worker.errors import BadResponse, Rejected
 from worker.events import Event
 from worker.http import ServiceClient
 from worker.journey import JourneyContext
@@ -40,15 +41,16 @@ class ZendeskSink(Sink):
         return super().skip_reason(event, context)
 
     def deliver(self, event: Event, context: JourneyContext) -> DeliveryResult:
-        body = {
-            "ticket": {
-                "comment": {"html_body": render_zendesk_html(event, context), "public": False}
-            }
-        }
+        if not (event.ticket_id or "").isdigit():
+            raise Rejected(f"ticket_id {event.ticket_id!r} is not a Zendesk ticket number")
+        comment = {"html_body": render_zendesk_html(event, context), "public": False}
         response = self.http.request(
-            "PUT", f"api/v2/tickets/{event.ticket_id}.json", json_body=body
+            "PUT",
+            f"api/v2/tickets/{event.ticket_id}.json",
+            json_body={"ticket": {"comment": comment}},
         )
-        audit: Any = response.json().get("audit") if response.content else None
+        answer: Any = response.json() if response.content else None
+        audit = answer.get("audit") if isinstance(answer, dict) else None
         comment_id = None
         if isinstance(audit, dict):
             for item in audit.get("events") or []:
@@ -62,7 +64,10 @@ class ZendeskSink(Sink):
             f"api/v2/tickets/{event.ticket_id}/comments.json",
             params={"sort_order": "desc"},
         )
-        comments = response.json().get("comments") or []
+        body = response.json()
+        comments = body.get("comments") if isinstance(body, dict) else None
+        if not isinstance(comments, list):
+            raise BadResponse("comments answer without a comments list", service=self.name)
         return any(
             event.marker in str(c.get("html_body") or "")
             or event.marker in str(c.get("body") or "")

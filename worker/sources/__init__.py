@@ -6,9 +6,11 @@ from config import Settings
 from worker.ratelimit import SharedRateLimiter
 from worker.sources.base import Source
 from worker.sources.datafast import DataFastSource
+from worker.sources.postmetric import PostMetricSource
 
 SOURCES: dict[str, type[Source]] = {
     DataFastSource.name: DataFastSource,
+    PostMetricSource.name: PostMetricSource,
 }
 
 
@@ -16,4 +18,4 @@ def build_source(settings: Settings, limiter: SharedRateLimiter) -> Source:
     return SOURCES[settings.source](settings, limiter)
 
 
-__all__ = ["SOURCES", "DataFastSource", "Source", "build_source"]
+__all__ = ["SOURCES", "DataFastSource", "PostMetricSource", "Source", "build_source"]

@@ -1,0 +1,776 @@
+"""The five scenarios. Each starts what it needs, runs the service and its reference in the
+same invocation, and returns a ``ScenarioResult``: numeric figures, table rows and targets.
+
+Times that cross processes (an event accepted by the load generator, a request arriving at a
+fake) are ``time.time()`` on the same host.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import redis
+
+from bench import procs
+from bench.procs import Isolation, Proc, Procs
+
+
+@dataclass
+class Options:
+    quick: bool = False
+    events: int = 1000
+    memory_events: int = 3000
+    quota: int = 20
+    latency: float = 0.1
+    concurrency: int = 16
+    quota_concurrency: int = 8
+    worker_counts: tuple[int, ...] = (1, 2, 4)
+    naive_workers: tuple[int, ...] = (1, 2)
+    ingest_levels: tuple[int, ...] = (1, 8, 32, 64)
+    ingest_seconds: float = 3.0
+    web_workers: int = 1
+    queue_events: int = 200
+    queue_rate: float = 20.0
+
+
+@dataclass
+class Context:
+    run_id: str
+    options: Options
+    procs: Procs
+    redis: redis.Redis
+    secret: str
+    fake_port: int
+    work_dir: Path
+
+    @property
+    def fake_url(self) -> str:
+        return f"http://127.0.0.1:{self.fake_port}"
+
+
+@dataclass
+class Row:
+    """One line of the table."""
+
+    scenario: str
+    measure: str
+    ours: str
+    reference: str = ""
+    compare: str = ""
+    target: str = ""
+    held: bool | None = None
+
+
+@dataclass
+class ScenarioResult:
+    name: str
+    figures: dict[str, float] = field(default_factory=dict)
+    rows: list[Row] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)
+    targets: dict[str, bool] = field(default_factory=dict)
+    seconds: float = 0.0
+    error: str | None = None
+
+
+# Statistics ------------------------------------------------------------------------------
+
+
+def percentile(values: Iterable[float], q: float) -> float:
+    """The q-th percentile (0-100) by linear interpolation; nan for no values."""
+    data = sorted(values)
+    if not data:
+        return math.nan
+    pos = (len(data) - 1) * q / 100
+    low = math.floor(pos)
+    high = min(low + 1, len(data) - 1)
+    return data[low] + (data[high] - data[low]) * (pos - low)
+
+
+def max_in_window(times: list[float], window: float = 1.0) -> int:
+    """The largest number of ``times`` inside any half-open interval of ``window`` seconds."""
+    data = sorted(times)
+    best, start = 0, 0
+    for end, t in enumerate(data):
+        while t - data[start] >= window:
+            start += 1
+        best = max(best, end - start + 1)
+    return best
+
+
+def tightest_span(times: list[float], n: int) -> float:
+    """The shortest time holding ``n`` consecutive ``times`` (inf when there are fewer)."""
+    data = sorted(times)
+    if n < 2 or len(data) < n:
+        return math.inf
+    return min(data[i + n - 1] - data[i] for i in range(len(data) - n + 1))
+
+
+def fmt(value: float, digits: int = 1) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "n/a"
+    return f"{value:,.{digits}f}"
+
+
+# Processes -------------------------------------------------------------------------------
+
+
+def fake_config(ctx: Context, **services: dict[str, float]) -> None:
+    httpx.post(f"{ctx.fake_url}/_bench/config", json=services, timeout=10).raise_for_status()
+
+
+def fake_counts(ctx: Context) -> dict[str, dict[str, int]]:
+    response = httpx.get(f"{ctx.fake_url}/_bench/counts", timeout=10)
+    response.raise_for_status()
+    counts: dict[str, dict[str, int]] = response.json()
+    return counts
+
+
+def fake_stats(ctx: Context) -> dict[str, Any]:
+    response = httpx.get(f"{ctx.fake_url}/_bench/stats", timeout=60)
+    response.raise_for_status()
+    stats: dict[str, Any] = response.json()
+    return stats
+
+
+def start_web(sc: Scenario, env: dict[str, str], workers: int = 1) -> tuple[Proc, int]:
+    """The real web app (uvicorn, ``workers`` processes); returns it and its port."""
+    port = procs.free_port()
+    argv = [
+        str(procs.BIN / "uvicorn"),
+        "worker.web:create_app",
+        "--factory",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+        "--no-access-log",
+    ]
+    if workers > 1:
+        argv += ["--workers", str(workers)]
+    proc = sc.start("web", argv, env)
+    procs.wait_http(f"http://127.0.0.1:{port}/healthz", proc)
+    return proc, port
+
+
+def start_workers(
+    sc: Scenario, env: dict[str, str], count: int, concurrency: int, app: str = "worker.app"
+) -> list[Proc]:
+    """``count`` Celery worker processes (threads pool) on the scenario's queue."""
+    return [
+        sc.start(
+            f"worker{i}",
+            procs.celery_worker_argv(app, sc.iso.queue, sc.iso.node(str(i)), concurrency),
+            env,
+        )
+        for i in range(count)
+    ]
+
+
+def run_loadgen(ctx: Context, **job: Any) -> dict[str, Any]:
+    """Run one load-generator job in its own process; return its result."""
+    job.setdefault("secret", ctx.secret)
+    name = f"loadgen-{time.monotonic_ns()}"
+    job_path = ctx.work_dir / f"{name}.json"
+    out_path = ctx.work_dir / f"{name}.out.json"
+    job_path.write_text(json.dumps(job))
+    timeout = float(job.get("timeout", 60)) + float(job.get("warmup", 0)) + 30
+    completed = subprocess.run(
+        [sys.executable, "-m", "bench.loadgen", str(job_path), str(out_path)],
+        cwd=procs.ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if completed.returncode != 0:
+        raise RuntimeError(f"load generator failed:\n{completed.stderr[-2000:]}")
+    result: dict[str, Any] = json.loads(out_path.read_text())
+    job_path.unlink(missing_ok=True)
+    out_path.unlink(missing_ok=True)
+    return result
+
+
+def preload(ctx: Context, port: int, count: int, prefix: str, ticket_start: int = 1) -> list[str]:
+    """Send ``count`` events as fast as the web app takes them; return the accepted tickets."""
+    result = run_loadgen(
+        ctx,
+        port=port,
+        mode="closed",
+        concurrency=16,
+        count=count,
+        timeout=max(60.0, count / 50),
+        id_prefix=prefix,
+        ticket_start=ticket_start,
+    )
+    tickets = [ticket for _, ticket, _ in result["accepted"]]
+    if len(tickets) != count:
+        raise RuntimeError(f"preload accepted {len(tickets)} of {count}: {result['statuses']}")
+    return tickets
+
+
+def wait_until(
+    check: Callable[[], bool], timeout: float, procs_alive: list[Proc] | None = None
+) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        for proc in procs_alive or []:
+            if not proc.alive():
+                raise RuntimeError(f"{proc.name} exited:\n{proc.tail()}")
+        time.sleep(0.25)
+    return check()
+
+
+def wait_for_sink(
+    ctx: Context, tickets: int, timeout: float, workers: list[Proc], service: str = "zendesk"
+) -> bool:
+    return wait_until(lambda: fake_counts(ctx)[service]["keys"] >= tickets, timeout, workers)
+
+
+def event_states(client: redis.Redis, prefix: str, ids: list[str]) -> dict[str, int]:
+    states: dict[str, int] = {}
+    for start in range(0, len(ids), 1000):
+        pipe = client.pipeline()
+        for event_id in ids[start : start + 1000]:
+            pipe.hget(f"{prefix}event:{event_id}", "state")
+        for value in pipe.execute():
+            key = value.decode() if value else "missing"
+            states[key] = states.get(key, 0) + 1
+    return states
+
+
+class Scenario:
+    """One part of a scenario: its Redis isolation and its processes, all removed on exit."""
+
+    def __init__(self, ctx: Context, name: str) -> None:
+        self.ctx = ctx
+        self.iso = Isolation(ctx.run_id, name)
+        self.started: list[Proc] = []
+
+    def __enter__(self) -> Scenario:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        for proc in reversed(self.started):
+            self.ctx.procs.stop(proc)
+        self.started.clear()
+        procs.cleanup(self.ctx.redis, self.iso)
+
+    def start(self, label: str, argv: list[str], env: dict[str, str] | None = None) -> Proc:
+        proc = self.ctx.procs.start(f"{self.iso.name}-{label}", argv, env)
+        self.started.append(proc)
+        return proc
+
+    def stop(self, proc: Proc) -> None:
+        self.ctx.procs.stop(proc)
+        if proc in self.started:
+            self.started.remove(proc)
+
+    def env(self, **overrides: Any) -> dict[str, str]:
+        return procs.service_env(self.iso, self.ctx.secret, self.ctx.fake_port, **overrides)
+
+
+# 1. Ingest -------------------------------------------------------------------------------
+
+
+def ingest(ctx: Context) -> ScenarioResult:
+    opts = ctx.options
+    result = ScenarioResult("ingest")
+    warmup = 0.2 if opts.quick else 0.5
+    with Scenario(ctx, "ingest") as sc:
+        env = sc.env()
+        _, web_port = start_web(sc, env, opts.web_workers)
+        bare_port = procs.free_port()
+        bare_argv = [
+            str(procs.BIN / "uvicorn"),
+            "bench.bare_app:app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(bare_port),
+            "--log-level",
+            "warning",
+            "--no-access-log",
+        ]
+        if opts.web_workers > 1:
+            bare_argv += ["--workers", str(opts.web_workers)]
+        bare = sc.start("bare", bare_argv)
+        procs.wait_http(f"http://127.0.0.1:{bare_port}/healthz", bare)
+        accepted_ids: list[str] = []
+        levels = []
+        for level in opts.ingest_levels:
+            row: dict[str, Any] = {"concurrency": level}
+            # The reference first, then ours, at each level: both see the same machine load.
+            for label, port in (("bare", bare_port), ("ours", web_port)):
+                out = run_loadgen(
+                    ctx,
+                    port=port,
+                    mode="closed",
+                    concurrency=level,
+                    duration=opts.ingest_seconds,
+                    warmup=warmup,
+                    timeout=opts.ingest_seconds + 30,
+                    id_prefix=f"ing-{ctx.run_id}-{label}-{level}-",
+                    keep_ids=label == "ours",
+                )
+                lat = out["latencies_ms"]
+                row[label] = {
+                    "events_per_s": out["measured_ok"] / out["window"],
+                    "p50_ms": percentile(lat, 50),
+                    "p99_ms": percentile(lat, 99),
+                    "statuses": out["statuses"],
+                    "loadgen_cpu": out["cpu_seconds"] / out["window"],
+                }
+                if label == "ours":
+                    accepted_ids += [event_id for event_id, _, _ in out["accepted"]]
+            row["ratio"] = row["ours"]["events_per_s"] / max(row["bare"]["events_per_s"], 1e-9)
+            levels.append(row)
+        states = event_states(ctx.redis, sc.iso.prefix, accepted_ids)
+        in_queue = procs.queue_length(ctx.redis, sc.iso.queue)
+    missing = states.get("missing", 0)
+    peak_ours = max(r["ours"]["events_per_s"] for r in levels)
+    peak_bare = max(r["bare"]["events_per_s"] for r in levels)
+    peak_ratio = peak_ours / max(peak_bare, 1e-9)
+    all_kept = missing == 0 and in_queue == len(accepted_ids)
+    result.details = {
+        "levels": levels,
+        "accepted": len(accepted_ids),
+        "in_redis": len(accepted_ids) - missing,
+        "tasks_in_queue": in_queue,
+        "loadgen_client": "raw asyncio HTTP/1.1 keep-alive (uvloop)",
+        "web_workers": opts.web_workers,
+    }
+    result.figures = {
+        "peak_events_per_s": peak_ours,
+        "bare_peak_events_per_s": peak_bare,
+        "peak_ratio": peak_ratio,
+        "accepted": len(accepted_ids),
+        "missing_in_redis": missing,
+        "tasks_in_queue": in_queue,
+    }
+    for row in levels:
+        ours, bare = row["ours"], row["bare"]
+        result.rows.append(
+            Row(
+                "ingest",
+                f"c={row['concurrency']}: events/s (p50/p99 ms)",
+                f"{fmt(ours['events_per_s'], 0)} ({fmt(ours['p50_ms'])}/{fmt(ours['p99_ms'])})",
+                f"bare {fmt(bare['events_per_s'], 0)} "
+                f"({fmt(bare['p50_ms'])}/{fmt(bare['p99_ms'])})",
+                f"{row['ratio']:.3f}x",
+            )
+        )
+    result.targets["throughput >= 0.5x bare"] = peak_ratio >= 0.5
+    result.targets["every accepted event in Redis"] = all_kept
+    result.rows.append(
+        Row(
+            "ingest",
+            "peak events/s",
+            fmt(peak_ours, 0),
+            f"bare {fmt(peak_bare, 0)}",
+            f"{peak_ratio:.3f}x",
+            ">= 0.5x",
+            peak_ratio >= 0.5,
+        )
+    )
+    result.rows.append(
+        Row(
+            "ingest",
+            "accepted -> in Redis (hash / task)",
+            f"{len(accepted_ids) - missing}/{len(accepted_ids)} / {in_queue}",
+            "",
+            "",
+            "all",
+            all_kept,
+        )
+    )
+    return result
+
+
+# 2. Queue overhead -----------------------------------------------------------------------
+
+
+def _noop_reference(ctx: Context, count: int, rate: float) -> tuple[list[float], dict[str, int]]:
+    """Publish ``count`` no-op tasks at ``rate``/s; return publish-returned -> started (ms)."""
+    with Scenario(ctx, "noop") as sc:
+        key = f"{sc.iso.prefix}times"
+        env = {"NOOP_BROKER_URL": procs.REDIS_URL, "NOOP_QUEUE": sc.iso.queue}
+        (worker,) = start_workers(sc, env, 1, ctx.options.concurrency, app="bench.noop_app")
+        os.environ.update(env)
+        from bench import noop_app
+
+        noop_app.app.conf.broker_url = procs.REDIS_URL
+        noop_app.app.conf.task_default_queue = sc.iso.queue
+        warm = 3
+        for seq in range(warm):
+            noop_app.record.apply_async((-1 - seq, key), queue=sc.iso.queue)
+        if not wait_until(lambda: ctx.redis.llen(key) >= warm, 60, [worker]):
+            raise RuntimeError("the no-op worker did not start within 60 s")
+        published: dict[int, float] = {}
+        start = time.perf_counter()
+        for seq in range(count):
+            time.sleep(max(0.0, start + seq / rate - time.perf_counter()))
+            noop_app.record.apply_async((seq, key), queue=sc.iso.queue)
+            published[seq] = time.time()
+        wait_until(lambda: ctx.redis.llen(key) >= warm + count, 30 + count / rate, [worker])
+        delays = []
+        for raw in ctx.redis.lrange(key, 0, -1):
+            seq_text, ran = raw.decode().split()
+            seq = int(seq_text)
+            if seq in published:
+                delays.append((float(ran) - published[seq]) * 1000)
+        memory = procs.proc_status(worker.pid)
+    return delays, memory
+
+
+def queue_overhead(ctx: Context) -> ScenarioResult:
+    opts = ctx.options
+    result = ScenarioResult("queue")
+    count = opts.queue_events
+    fake_config(ctx)
+    with Scenario(ctx, "queue") as sc:
+        env = sc.env()
+        _, web_port = start_web(sc, env)
+        workers = start_workers(sc, env, 1, opts.concurrency)
+        # Warm-up: the worker is up, connections are open, modules are imported.
+        warm = run_loadgen(
+            ctx,
+            port=web_port,
+            mode="paced",
+            count=3,
+            rate=10,
+            id_prefix=f"qw-{ctx.run_id}-",
+            ticket_start=900_000_000,
+        )
+        if not wait_for_sink(ctx, len(warm["accepted"]), 60, workers):
+            raise RuntimeError("the worker did not deliver the warm-up events within 60 s")
+        fake_config(ctx)
+        out = run_loadgen(
+            ctx,
+            port=web_port,
+            mode="paced",
+            count=count,
+            rate=opts.queue_rate,
+            concurrency=4,
+            timeout=30 + count / opts.queue_rate,
+            id_prefix=f"q-{ctx.run_id}-",
+        )
+        accepted = {ticket: at for _, ticket, at in out["accepted"]}
+        wait_for_sink(ctx, len(accepted), 30 + count / opts.queue_rate, workers)
+        arrivals = fake_stats(ctx)["zendesk"]["arrivals"]
+        ids = [event_id for event_id, _, _ in out["accepted"]]
+        states = event_states(ctx.redis, sc.iso.prefix, ids)
+    first_arrival: dict[str, float] = {}
+    for at, status, ticket, _ in arrivals:
+        if status == 200 and ticket not in first_arrival:
+            first_arrival[ticket] = at
+    ours = [(first_arrival[t] - accepted[t]) * 1000 for t in accepted if t in first_arrival]
+    ref, noop_memory = _noop_reference(ctx, count, opts.queue_rate)
+    p50, p99 = percentile(ours, 50), percentile(ours, 99)
+    r50, r99 = percentile(ref, 50), percentile(ref, 99)
+    result.figures = {
+        "p50_ms": p50,
+        "p99_ms": p99,
+        "ref_p50_ms": r50,
+        "ref_p99_ms": r99,
+        "p50_above_ref_ms": p50 - r50,
+        "p99_above_ref_ms": p99 - r99,
+        "events": len(ours),
+    }
+    result.details = {
+        "states": states,
+        "delivered": len(ours),
+        "sent": count,
+        "rate_per_s": opts.queue_rate,
+        "ours_max_ms": max(ours, default=math.nan),
+        "ref_max_ms": max(ref, default=math.nan),
+        "noop_worker_memory_kb": noop_memory,
+        "hops": "ours: web -> enrich_event -> (provider GET) -> deliver_to_sink -> PUT; "
+        "reference: apply_async -> no-op task",
+    }
+    held50 = p50 - r50 <= 10
+    held99 = p99 - r99 <= 50
+    result.targets["p50 <= ref + 10 ms"] = held50
+    result.targets["p99 <= ref + 50 ms"] = held99
+    result.targets["every event delivered"] = len(ours) == count
+    result.rows += [
+        Row(
+            "queue",
+            "accepted -> sink p50 ms",
+            fmt(p50),
+            f"no-op task {fmt(r50)}",
+            f"+{fmt(p50 - r50)} ms",
+            "<= +10 ms",
+            held50,
+        ),
+        Row(
+            "queue",
+            "accepted -> sink p99 ms",
+            fmt(p99),
+            f"no-op task {fmt(r99)}",
+            f"+{fmt(p99 - r99)} ms",
+            "<= +50 ms",
+            held99,
+        ),
+    ]
+    return result
+
+
+# 3. Quota use ----------------------------------------------------------------------------
+
+
+def quota_run(ctx: Context, workers_count: int, limit: str | None = None) -> dict[str, Any]:
+    opts = ctx.options
+    q, count = opts.quota, opts.events
+    fake_config(ctx, datafast={"latency": opts.latency, "quota": q})
+    label = f"quota-w{workers_count}" + (f"-l{limit.replace('/', '_')}" if limit else "")
+    with Scenario(ctx, label) as sc:
+        env = sc.env(DATAFAST_RATE_LIMIT=limit or str(q))
+        web, web_port = start_web(sc, env)
+        tickets = preload(ctx, web_port, count, f"{label}-{ctx.run_id}-")
+        sc.stop(web)
+        fake_config(ctx, datafast={"latency": opts.latency, "quota": q})
+        started = time.time()
+        workers = start_workers(sc, env, workers_count, opts.quota_concurrency)
+        budget = 60 + 3 * count / q
+        done = wait_for_sink(ctx, len(tickets), budget, workers)
+        finished = time.time()
+        stats = fake_stats(ctx)
+        worker_cpu = sum(procs.cpu_seconds(w.pid) for w in workers)
+    arrivals = stats["datafast"]["arrivals"]
+    ok = sorted(a[0] for a in arrivals if a[1] == 200)
+    refused = [a for a in arrivals if a[1] == 429]
+    span = ok[-1] - ok[0] if len(ok) > 1 else math.nan
+    rate = (len(ok) - 1) / span if len(ok) > 1 and span > 0 else math.nan
+    all_times = [a[0] for a in arrivals]
+    return {
+        "workers": workers_count,
+        "concurrency_per_worker": opts.quota_concurrency,
+        "rate_limit_setting": limit or str(q),
+        "quota": q,
+        "events": count,
+        "completed": done,
+        "requests": len(arrivals),
+        "admitted": len(ok),
+        "refused_429": len(refused),
+        "achieved_per_s": rate,
+        "ratio": rate / q,
+        "max_arrivals_in_any_1s": max_in_window(all_times),
+        "tightest_span_of_q_plus_1_ms": tightest_span(all_times, q + 1) * 1000,
+        "refused_window_spans_ms": sorted(round(a[3] * 1000, 2) for a in refused)[:50],
+        "seconds_to_drain": finished - started,
+        "worker_cpu_seconds": worker_cpu,
+    }
+
+
+def quota(ctx: Context) -> ScenarioResult:
+    opts = ctx.options
+    result = ScenarioResult("quota")
+    runs = [quota_run(ctx, n) for n in opts.worker_counts]
+    result.details = {"runs": runs, "latency_s": opts.latency}
+    for run in runs:
+        n = run["workers"]
+        held = run["ratio"] >= 0.9 and run["refused_429"] == 0 and run["completed"]
+        result.targets[f"{n} worker(s): >= 0.9 Q, zero 429"] = bool(held)
+        result.figures[f"w{n}_ratio"] = run["ratio"]
+        result.figures[f"w{n}_per_s"] = run["achieved_per_s"]
+        result.figures[f"w{n}_429"] = run["refused_429"]
+        result.figures[f"w{n}_max_in_1s"] = run["max_arrivals_in_any_1s"]
+        spans = run["refused_window_spans_ms"]
+        result.rows.append(
+            Row(
+                "quota",
+                f"{n} worker(s) x{run['concurrency_per_worker']}: req/s, 429s",
+                f"{fmt(run['achieved_per_s'], 2)} req/s, {run['refused_429']} x 429",
+                f"Q={run['quota']}/s; max {run['max_arrivals_in_any_1s']} in 1 s"
+                + (f"; 429 at {min(spans):.1f}-{max(spans):.1f} ms" if spans else ""),
+                f"{run['ratio']:.3f} Q",
+                ">= 0.9 Q, 0 x 429",
+                bool(held),
+            )
+        )
+    return result
+
+
+# 4. Naive baseline -----------------------------------------------------------------------
+
+
+def _throughput(stats: dict[str, Any], count: int) -> tuple[float, float]:
+    """(events/s, seconds): first provider arrival -> last sink arrival, over ``count``."""
+    provider = [a[0] for a in stats["datafast"]["arrivals"]]
+    sink = [a[0] for a in stats["zendesk"]["arrivals"] if a[1] == 200]
+    if not provider or not sink:
+        return math.nan, math.nan
+    seconds = max(sink) - min(provider)
+    return count / seconds, seconds
+
+
+def _ours_drain(ctx: Context, workers_count: int) -> dict[str, Any]:
+    """Preload ``events`` through the web app, then drain them with ``workers_count`` workers."""
+    opts = ctx.options
+    count = opts.events
+    fake_config(ctx, datafast={"latency": opts.latency})
+    with Scenario(ctx, f"naive-ours{workers_count}") as sc:
+        env = sc.env()
+        web, web_port = start_web(sc, env)
+        tickets = preload(ctx, web_port, count, f"no{workers_count}-{ctx.run_id}-")
+        sc.stop(web)
+        fake_config(ctx, datafast={"latency": opts.latency})
+        workers = start_workers(sc, env, workers_count, opts.concurrency)
+        done = wait_for_sink(ctx, len(tickets), 60 + count / 5, workers)
+        rate, seconds = _throughput(fake_stats(ctx), count)
+        cpu = sum(procs.cpu_seconds(w.pid) for w in workers)
+    return {
+        "workers": workers_count,
+        "concurrency": opts.concurrency,
+        "events_per_s": rate,
+        "seconds": seconds,
+        "completed": done,
+        "worker_cpu_seconds": cpu,
+        "worker_cpu_ms_per_event": 1000 * cpu / count,
+    }
+
+
+def naive(ctx: Context) -> ScenarioResult:
+    opts = ctx.options
+    count = opts.events
+    result = ScenarioResult("naive")
+    ours_runs = [_ours_drain(ctx, n) for n in opts.naive_workers]
+    fake_config(ctx, datafast={"latency": opts.latency})
+    with Scenario(ctx, "naive-ref") as sc:
+        env = {
+            "NAIVE_BROKER_URL": procs.REDIS_URL,
+            "NAIVE_QUEUE": sc.iso.queue,
+            "NAIVE_FAKE_URL": ctx.fake_url,
+        }
+        os.environ.update(env)
+        from bench import naive as naive_app
+
+        naive_app.app.conf.broker_url = procs.REDIS_URL
+        naive_app.FAKE = ctx.fake_url
+        for n in range(count):
+            naive_app.enrich.apply_async(
+                (str(uuid.uuid4()), str(1_000_000 + n)), queue=sc.iso.queue
+            )
+        worker = sc.start(
+            "worker0",
+            procs.celery_worker_argv("bench.naive", sc.iso.queue, sc.iso.node("0"), 0, None),
+            env,
+        )
+        naive_done = wait_for_sink(ctx, count, 60 + count / 2, [worker])
+        naive_rate, naive_seconds = _throughput(fake_stats(ctx), count)
+    result.figures = {
+        "naive_events_per_s": naive_rate,
+        "naive_seconds": naive_seconds,
+    }
+    result.details = {
+        "events": count,
+        "provider_latency_s": opts.latency,
+        "ours": ours_runs,
+        "naive": f"celery default prefork pool, concurrency {os.cpu_count()} (cpu count), "
+        "prefetch 4, early ack, requests.get/put without a session",
+        "naive_completed": naive_done,
+        "throughput": "events / (last sink arrival - first provider arrival), queue preloaded",
+    }
+    for run in ours_runs:
+        n = run["workers"]
+        ratio = run["events_per_s"] / naive_rate if naive_rate else math.nan
+        held = ratio >= 10 and run["completed"] and naive_done
+        result.figures[f"ours_w{n}_events_per_s"] = run["events_per_s"]
+        result.figures[f"ours_w{n}_ratio"] = ratio
+        result.targets[f"ours ({n} worker process(es))/naive >= 10x"] = bool(held)
+        result.rows.append(
+            Row(
+                "naive",
+                f"events/s, {int(opts.latency * 1000)} ms provider",
+                f"{fmt(run['events_per_s'])} ({n} proc x{run['concurrency']} threads)",
+                f"naive {fmt(naive_rate)} (prefork x{os.cpu_count()})",
+                f"{ratio:.2f}x",
+                ">= 10x",
+                bool(held),
+            )
+        )
+    return result
+
+
+# 5. Memory -------------------------------------------------------------------------------
+
+
+def memory(ctx: Context) -> ScenarioResult:
+    opts = ctx.options
+    count = opts.memory_events
+    result = ScenarioResult("memory")
+    fake_config(ctx)
+    # (seconds since the worker started, events delivered, VmRSS kB)
+    samples: list[tuple[float, int, int]] = []
+    with Scenario(ctx, "memory") as sc:
+        env = sc.env()
+        web, web_port = start_web(sc, env)
+        tickets = preload(ctx, web_port, count, f"mem-{ctx.run_id}-")
+        sc.stop(web)
+        fake_config(ctx)
+        (worker,) = start_workers(sc, env, 1, opts.concurrency)
+        started = time.monotonic()
+
+        def progress() -> bool:
+            delivered = fake_counts(ctx)["zendesk"]["keys"]
+            rss = procs.proc_status(worker.pid).get("VmRSS", 0)
+            samples.append((round(time.monotonic() - started, 1), delivered, rss))
+            return delivered >= len(tickets)
+
+        done = wait_until(progress, 120 + count / 10, [worker])
+        status = procs.proc_status(worker.pid)
+        worker_cpu = procs.cpu_seconds(worker.pid)
+    hwm_mb = status.get("VmHWM", 0) / 1024
+    rss_mb = status.get("VmRSS", 0) / 1024
+    early = next((rss for _, n, rss in samples if n >= count / 10), 0) / 1024
+    held = hwm_mb <= 150 and done
+    result.figures = {
+        "events": count,
+        "peak_rss_mb": hwm_mb,
+        "final_rss_mb": rss_mb,
+        "rss_at_10pct_mb": early,
+        "threads": status.get("Threads", 0),
+    }
+    step = max(1, len(samples) // 20)
+    result.details = {
+        "completed": done,
+        "concurrency": opts.concurrency,
+        "worker_cpu_seconds": worker_cpu,
+        "samples_s_delivered_rsskb": samples[::step] + samples[-1:],
+    }
+    result.targets["peak RSS <= 150 MB"] = bool(held)
+    result.rows.append(
+        Row(
+            "memory",
+            f"worker VmHWM after {count:,} events (MB)",
+            fmt(hwm_mb),
+            f"RSS at 10%: {fmt(early)}, at end: {fmt(rss_mb)}",
+            "",
+            "<= 150 MB",
+            bool(held),
+        )
+    )
+    return result
+
+
+SCENARIOS: dict[str, Callable[[Context], ScenarioResult]] = {
+    "ingest": ingest,
+    "queue": queue_overhead,
+    "quota": quota,
+    "naive": naive,
+    "memory": memory,
+}
