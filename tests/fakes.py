@@ -447,6 +447,20 @@ class FakeUpstream:
             return self._df_error(401, "Invalid API key")
         if self.datafast_key.startswith("dft_") and not request.args.get("websiteId"):
             return self._df_error(400, "websiteId is required with an account token")
+        if request.method == "GET" and route == "/api/v1/analytics/realtime/map":
+            # Seed 002's documented shape with nobody active (checks use it as a cheap read).
+            empty = {
+                "count": 0,
+                "visitors": [],
+                "hasConversionPredictions": False,
+                "recentEvents": [],
+                "recentPayments": [],
+            }
+            return Response(
+                json.dumps({"status": "success", "data": empty}),
+                status=200,
+                content_type="application/json",
+            )
         match = re.fullmatch(r"/api/v1/visitors/([^/]+)", route)
         if request.method != "GET" or match is None:
             return self._df_error(404, "Route not found")
@@ -595,6 +609,10 @@ class FakeUpstream:
             if name in self.contact_properties:
                 return self._hs({"name": name, "type": "string"})
             return self._hs_error(404, f"Property {name} does not exist", "OBJECT_NOT_FOUND")
+        if method == "POST" and route == "/crm/v3/properties/notes/groups":
+            return self._hs(body, 201)
+        if method == "POST" and route == "/crm/v3/properties/notes":
+            return self._hs(body, 201)
         if method == "POST" and route == "/crm/v3/properties/contacts/groups":
             name = str((body or {}).get("name"))
             if name in self.property_groups:
@@ -659,6 +677,8 @@ class FakeUpstream:
         ).decode()
         if request.headers.get("Authorization") != f"Basic {expected}":
             return self._zd({"error": "Couldn't authenticate you"}, 401)
+        if request.method == "GET" and route == "/api/v2/users/me.json":
+            return self._zd({"user": {"id": 1, "email": self.zendesk_email, "role": "agent"}})
         put = re.fullmatch(r"/api/v2/tickets/(\d+)\.json", route)
         if request.method == "PUT" and put:
             ticket_id = put.group(1)

@@ -24,6 +24,16 @@ from worker.render import (
 from worker.sinks.base import DeliveryResult, Sink
 
 NOTE_TO_CONTACT = 202  # HUBSPOT_DEFINED association type: note -> contact
+# A custom note property holding the event id, so a redelivered task can find its note.
+NOTE_EVENT_PROPERTY = "ve_event_id"
+NOTE_EVENT_PROPERTY_DEFINITION: dict[str, Any] = {
+    "name": NOTE_EVENT_PROPERTY,
+    "label": "visitor-enrich event id",
+    "type": "string",
+    "fieldType": "text",
+    "groupName": HUBSPOT_PROPERTY_GROUP["name"],
+    "description": "The inbound event this note was written for (used to post it only once).",
+}
 
 
 class HubSpotSink(Sink):
@@ -98,6 +108,7 @@ class HubSpotSink(Sink):
             "properties": {
                 "hs_timestamp": (event.occurred_at or datetime.now(UTC)).isoformat(),
                 "hs_note_body": render_hubspot_note_html(event, context),
+                NOTE_EVENT_PROPERTY: event.id,
             },
             "associations": [
                 {
@@ -117,18 +128,17 @@ class HubSpotSink(Sink):
         return DeliveryResult(external_id=note_id, detail=f"note on contact {contact_id}")
 
     def already_delivered(self, event: Event) -> bool | None:
+        # An exact match on the note's own property: full-text search (CONTAINS_TOKEN on the
+        # body) splits the marker at punctuation and could miss it.
         body = {
             "filterGroups": [
                 {
                     "filters": [
-                        {
-                            "propertyName": "hs_note_body",
-                            "operator": "CONTAINS_TOKEN",
-                            "value": event.marker,
-                        }
+                        {"propertyName": NOTE_EVENT_PROPERTY, "operator": "EQ", "value": event.id}
                     ]
                 }
             ],
+            "properties": [NOTE_EVENT_PROPERTY],
             "limit": 1,
         }
         found = self.http.request("POST", "crm/v3/objects/notes/search", json_body=body).json()
@@ -137,24 +147,30 @@ class HubSpotSink(Sink):
     # Set-up ------------------------------------------------------------------------------
 
     def ensure_properties(self) -> list[str]:
-        """Create the property group and each custom property that does not exist yet."""
+        """Create the property groups and each custom property that does not exist yet."""
+        wanted = [
+            ("contacts", HUBSPOT_PROPERTIES),
+            ("notes", [NOTE_EVENT_PROPERTY_DEFINITION]),
+        ]
         created = []
+        for object_type, definitions in wanted:
+            group = HUBSPOT_PROPERTY_GROUP
+            if self._create_once(f"crm/v3/properties/{object_type}/groups", group):
+                created.append(f"{object_type} group {group['name']}")
+            for definition in definitions:
+                if self._create_once(f"crm/v3/properties/{object_type}", definition):
+                    created.append(f"{object_type}.{definition['name']}")
+        return created
+
+    def _create_once(self, path: str, definition: dict[str, Any]) -> bool:
+        """POST a definition; False when it exists already (409)."""
         try:
-            self.http.request(
-                "POST", "crm/v3/properties/contacts/groups", json_body=HUBSPOT_PROPERTY_GROUP
-            )
-            created.append(f"group {HUBSPOT_PROPERTY_GROUP['name']}")
+            self.http.request("POST", path, json_body=definition)
         except Rejected as exc:
             if exc.status_code != 409:
                 raise
-        for definition in HUBSPOT_PROPERTIES:
-            try:
-                self.http.request("POST", "crm/v3/properties/contacts", json_body=definition)
-                created.append(str(definition["name"]))
-            except Rejected as exc:
-                if exc.status_code != 409:  # 409: the property exists already
-                    raise
-        return created
+            return False
+        return True
 
     def check(self) -> str:
         self.http.request("GET", "crm/v3/properties/contacts/email")

@@ -1,0 +1,114 @@
+"""The visitor-enrich command line against the fake upstreams and the real Redis."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from fakes import FakeUpstream, full_profile, running_fake
+
+BIN = Path(sys.executable).parent
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeUpstream]:
+    with running_fake() as upstream:
+        yield upstream
+
+
+@pytest.fixture
+def env(fake: FakeUpstream) -> Iterator[dict[str, str]]:
+    from config.settings import Settings
+
+    names = {name.upper() for name in Settings.model_fields}
+    prefix = f"test-cli-{uuid.uuid4().hex[:8]}:"
+    base = {k: v for k, v in os.environ.items() if k.upper() not in names}
+    yield {**base, **fake.env(), "REDIS_KEY_PREFIX": prefix, "CELERY_QUEUE": prefix + "q"}
+    client = redis.Redis()
+    keys = list(client.scan_iter(f"{prefix}*"))
+    if keys:
+        client.delete(*keys)
+
+
+def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BIN / "visitor-enrich"), *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_check_reports_each_configured_system(env: dict[str, str]) -> None:
+    result = run(env, "check")
+    assert result.returncode == 0, result.stdout + result.stderr
+    for name in ("settings", "redis", "source DataFast", "sink hubspot", "sink zendesk"):
+        assert f"ok    {name}" in result.stdout
+
+
+def test_check_fails_with_a_bad_key_and_names_the_variable(env: dict[str, str]) -> None:
+    result = run({**env, "DATAFAST_API_KEY": "sk_wrong"}, "check")
+    assert result.returncode == 2
+    assert "DATAFAST_API_KEY" in result.stderr
+    assert "sk_wrong" not in result.stderr + result.stdout
+
+
+def test_check_reports_an_unreachable_api(env: dict[str, str], fake: FakeUpstream) -> None:
+    result = run({**env, "DATAFAST_API_KEY": "df_not_the_right_key"}, "check")
+    assert result.returncode == 1
+    assert "FAIL  source DataFast" in result.stdout and "401" in result.stdout
+
+
+def test_enrich_dry_run_prints_the_journey_and_posts_nothing(
+    env: dict[str, str], fake: FakeUpstream
+) -> None:
+    visitor = fake.add_visitor(full_profile())
+    result = run(env, "enrich", visitor, "--email", "ada@example.com", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert visitor in result.stdout and "would post to hubspot" in result.stdout
+    assert fake.requests_to("hubspot") == [] and fake.slack_messages() == []
+
+
+def test_enrich_posts_to_the_sinks(env: dict[str, str], fake: FakeUpstream) -> None:
+    visitor = fake.add_visitor(full_profile())
+    fake.add_ticket("4242")
+    result = run(env, "enrich", visitor, "--type", "support_ticket", "--ticket-id", "4242")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "ok    zendesk" in result.stdout
+    assert len(fake.zendesk_comments("4242")) == 1
+
+
+def test_hubspot_setup_creates_properties_once(env: dict[str, str], fake: FakeUpstream) -> None:
+    first = run(env, "hubspot-setup")
+    assert first.returncode == 0, first.stderr
+    assert "contacts.ve_visitor_id" in first.stdout and "notes.ve_event_id" in first.stdout
+    assert "ve_visitor_id" in fake.contact_properties
+    second = run(env, "hubspot-setup")
+    assert second.returncode == 0
+    assert "ve_visitor_id" not in second.stdout.replace("all properties exist already", "")
+
+
+def test_dead_letters_list_show_and_purge(env: dict[str, str]) -> None:
+    from worker.store import EventStore
+
+    store = EventStore(redis.Redis(), env["REDIS_KEY_PREFIX"], 3600)
+    store.add_dead_letter("evt_dead_1", "zendesk", "zendesk: 503 down (after 6 attempts)", 6)
+    listed = run(env, "dead", "list")
+    assert "evt_dead_1:zendesk" in listed.stdout and "503 down" in listed.stdout
+    shown = run(env, "dead", "show", "evt_dead_1:zendesk")
+    assert shown.returncode == 0 and '"sink": "zendesk"' in shown.stdout
+    missing = run(env, "dead", "show", "nope")
+    assert missing.returncode == 1
+    assert run(env, "dead", "replay").returncode == 2  # neither an id nor --all
+    purged = run(env, "dead", "purge", "--yes")
+    assert "purged 1" in purged.stdout
+    assert "no dead letters" in run(env, "dead", "list").stdout
