@@ -61,6 +61,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--workers", help="worker processes in quota (default 1,2,4)")
     parser.add_argument("--naive-workers", help="worker processes of ours in naive (default 1,2)")
+    parser.add_argument(
+        "--no-quota-headroom",
+        action="store_true",
+        help="skip the extra quota run with DATAFAST_RATE_LIMIT = Q - 1",
+    )
     parser.add_argument("--levels", help="ingest concurrency levels (default 1,8,32,64)")
     parser.add_argument("--ingest-seconds", type=float, help="seconds per ingest level")
     parser.add_argument("--web-workers", type=int, help="uvicorn processes for ingest (1)")
@@ -96,6 +101,8 @@ def build_options(args: argparse.Namespace) -> Options:
         "web_workers": args.web_workers,
         "queue_events": args.queue_events,
     }
+    if args.no_quota_headroom:
+        opts.quota_headroom = False
     for key, value in overrides.items():
         if value is not None:
             setattr(opts, key, value)

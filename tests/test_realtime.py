@@ -241,3 +241,29 @@ def test_website_not_found_is_logged_and_the_poll_ends(
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "Website not found" in str(warnings[0].__dict__)
     assert poll(runtime) is None  # the lock holds the rest of the period
+
+
+def test_cli_realtime_once_prints_visitors_and_who_would_be_alerted(
+    servers: tuple[SeedFake, FakeUpstream], key_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from worker.cli import cli
+
+    datafast, slack = servers
+    datafast.set_realtime([realtime_visitor("hot-cli", score=80), realtime_visitor("cold-cli")])
+    for name, value in {
+        "REDIS_KEY_PREFIX": key_prefix,
+        "DATAFAST_API_KEY": DATAFAST_KEY,
+        "DATAFAST_BASE_URL": f"{datafast.url}/datafast",
+        "SLACK_WEBHOOK_URL": slack.base_url("slack"),
+    }.items():
+        monkeypatch.setenv(name, value)
+    result = CliRunner().invoke(cli, ["realtime", "--once"])
+    assert result.exit_code == 0, result.output
+    assert "2 active visitors" in result.output
+    assert "would alert (use --send): hot-cli (score 80 ≥ 70)" in result.output
+    assert "cold-cli" in result.output and "cold-cli (" not in result.output
+    assert slack.slack_messages() == []
+    sent = CliRunner().invoke(cli, ["realtime", "--once", "--send"])
+    assert "alerted: hot-cli" in sent.output and len(slack.slack_messages()) == 1

@@ -196,7 +196,8 @@ def _title(event: Event, ctx: JourneyContext) -> str:
 
 
 def _not_found(ctx: JourneyContext) -> str:
-    text = f"No visitor journey found for visitor {ctx.visitor_id} at {provider_name(ctx.provider)}"
+    who = f" for visitor {ctx.visitor_id}" if ctx.visitor_id else ""  # none: no id was known
+    text = f"No visitor journey found{who} at {provider_name(ctx.provider)}"
     reason = _one_line(ctx.missing_reason).rstrip(".") if ctx.missing_reason else ""
     return f"{text}: {reason}." if reason else f"{text}."
 
