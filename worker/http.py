@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+from pydantic import SecretStr
 
 from config import Rate, Settings
 from worker.circuit import CircuitBreaker
@@ -71,6 +72,17 @@ def _forget_client_after_fork() -> None:
 
 
 os.register_at_fork(after_in_child=_forget_client_after_fork)
+
+
+def secret_text(value: SecretStr | None) -> str:
+    """A secret's value for a request header, or "" when it is not set."""
+    return value.get_secret_value() if value is not None else ""
+
+
+def bearer_headers(token: SecretStr | None) -> dict[str, str]:
+    """Headers of the JSON APIs that take ``Authorization: Bearer`` (DataFast, PostMetric,
+    HubSpot)."""
+    return {"Authorization": f"Bearer {secret_text(token)}", "Accept": "application/json"}
 
 
 @dataclass(frozen=True)
@@ -264,10 +276,13 @@ class ServiceClient:
         max_wait: float | None,
     ) -> UpstreamResponse:
         wait_limit = self._settings.max_countdown / 2 if max_wait is None else max_wait
-        self._limiter.acquire(self.service, self._rate, max_wait=wait_limit)
+        # Everything slow (the process's first use creates the client) happens before the
+        # limiter's slot is taken: the limiter stamps the slot when it grants it, so a request
+        # that left much later would land in the provider's next window.
         request = self.client.build_request(
             method, self.url(path), params=params, json=json_body, headers=self._headers
         )
+        self._limiter.acquire(self.service, self._rate, max_wait=wait_limit)
         started = time.monotonic()
         try:
             raw, body = self._send(request)

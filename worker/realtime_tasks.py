@@ -14,8 +14,6 @@ from worker.runtime import get_runtime
 
 
 # Celery's decorator is untyped (worker.tasks has the same exemption in pyproject.toml).
-@app.task(
-    name="visitor_enrich.poll_realtime", acks_late=False, ignore_result=True
-)
+@app.task(name="visitor_enrich.poll_realtime", acks_late=False, ignore_result=True)
 def poll_realtime() -> None:
     poll(get_runtime())

@@ -12,7 +12,7 @@ from typing import Any
 from config import Settings
 from worker.errors import BadResponse, Rejected
 from worker.events import Event
-from worker.http import ServiceClient
+from worker.http import ServiceClient, bearer_headers
 from worker.journey import JourneyContext
 from worker.ratelimit import SharedRateLimiter
 from worker.render import (
@@ -45,14 +45,13 @@ class HubSpotSink(Sink):
         return settings.hubspot_token is not None
 
     def build_client(self, settings: Settings, limiter: SharedRateLimiter) -> ServiceClient:
-        token = settings.hubspot_token.get_secret_value() if settings.hubspot_token else ""
         return ServiceClient(
             "hubspot",
             str(settings.hubspot_base_url),
             settings=settings,
             limiter=limiter,
             rate=settings.hubspot_rate_limit,
-            headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
+            headers=bearer_headers(settings.hubspot_token),
         )
 
     def skip_reason(self, event: Event, context: JourneyContext) -> str | None:

@@ -24,7 +24,7 @@ from typing import Any
 from config import Settings
 from worker.errors import AuthFailed, BadResponse, Rejected
 from worker.events import Event
-from worker.http import ServiceClient, UpstreamResponse
+from worker.http import ServiceClient, UpstreamResponse, secret_text
 from worker.journey import JourneyContext
 from worker.ratelimit import SharedRateLimiter
 from worker.render import render_rocketchat_message
@@ -54,7 +54,7 @@ def rocketchat_client(settings: Settings, limiter: SharedRateLimiter) -> Service
         limiter=limiter,
         rate=settings.rocketchat_rate_limit,
         headers={
-            "X-Auth-Token": token.get_secret_value() if token else "",
+            "X-Auth-Token": secret_text(token),
             "X-User-Id": settings.rocketchat_user_id or "",
             "Accept": "application/json",
         },

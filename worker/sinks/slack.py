@@ -6,7 +6,7 @@ from typing import Any
 
 from config import Settings
 from worker.events import Event
-from worker.http import ServiceClient
+from worker.http import ServiceClient, secret_text
 from worker.journey import JourneyContext
 from worker.ratelimit import SharedRateLimiter
 from worker.render import render_slack_alert
@@ -24,9 +24,12 @@ class SlackSink(Sink):
 
     def build_client(self, settings: Settings, limiter: SharedRateLimiter) -> ServiceClient:
         # The webhook URL is the secret; it is the whole base URL and is never logged.
-        url = settings.slack_webhook_url.get_secret_value() if settings.slack_webhook_url else ""
         return ServiceClient(
-            "slack", url, settings=settings, limiter=limiter, rate=settings.slack_rate_limit
+            "slack",
+            secret_text(settings.slack_webhook_url),
+            settings=settings,
+            limiter=limiter,
+            rate=settings.slack_rate_limit,
         )
 
     def skip_reason(self, event: Event, context: JourneyContext) -> str | None:

@@ -7,7 +7,7 @@ from typing import Any
 from config import Settings
 from worker.errors import BadResponse, Rejected
 from worker.events import Event
-from worker.http import ServiceClient
+from worker.http import ServiceClient, secret_text
 from worker.journey import JourneyContext
 from worker.ratelimit import SharedRateLimiter
 from worker.render import render_zendesk_html
@@ -23,7 +23,6 @@ class ZendeskSink(Sink):
         return settings.zendesk_api_token is not None
 
     def build_client(self, settings: Settings, limiter: SharedRateLimiter) -> ServiceClient:
-        token = settings.zendesk_api_token.get_secret_value() if settings.zendesk_api_token else ""
         return ServiceClient(
             "zendesk",
             str(settings.zendesk_base_url),
@@ -31,7 +30,7 @@ class ZendeskSink(Sink):
             limiter=limiter,
             rate=settings.zendesk_rate_limit,
             # Zendesk API tokens authenticate as "{email}/token" with the token as password.
-            auth=(f"{settings.zendesk_email}/token", token),
+            auth=(f"{settings.zendesk_email}/token", secret_text(settings.zendesk_api_token)),
             headers={"Accept": "application/json"},
         )
 

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from config import Settings
 from worker.errors import Rejected, VisitorNotFound
-from worker.http import ServiceClient
+from worker.http import ServiceClient, bearer_headers
 from worker.journey import (
     RECENT_PAGES,
     FirstTouch,
@@ -221,14 +221,13 @@ class DataFastSource(Source):
         return settings.datafast_api_key is not None
 
     def build_client(self, settings: Settings, limiter: SharedRateLimiter) -> ServiceClient:
-        key = settings.datafast_api_key.get_secret_value() if settings.datafast_api_key else ""
         return ServiceClient(
             "datafast",
             f"{str(settings.datafast_base_url).rstrip('/')}/api/v1",
             settings=settings,
             limiter=limiter,
             rate=settings.datafast_rate_limit,
-            headers={"Authorization": f"Bearer {key}", "Accept": "application/json"},
+            headers=bearer_headers(settings.datafast_api_key),
         )
 
     def _params(self) -> dict[str, str] | None:

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from config import Settings
 from worker.errors import AuthFailed, Rejected, VisitorNotFound
-from worker.http import ServiceClient
+from worker.http import ServiceClient, bearer_headers
 from worker.journey import (
     RECENT_PAGES,
     FirstTouch,
@@ -170,7 +170,6 @@ class PostMetricSource(Source):
         return settings.postmetric_api_key is not None and settings.postmetric_base_url is not None
 
     def build_client(self, settings: Settings, limiter: SharedRateLimiter) -> ServiceClient:
-        key = settings.postmetric_api_key.get_secret_value() if settings.postmetric_api_key else ""
         base = str(settings.postmetric_base_url or "").rstrip("/")
         return ServiceClient(
             "postmetric",
@@ -178,7 +177,7 @@ class PostMetricSource(Source):
             settings=settings,
             limiter=limiter,
             rate=settings.postmetric_rate_limit,
-            headers={"Authorization": f"Bearer {key}", "Accept": "application/json"},
+            headers=bearer_headers(settings.postmetric_api_key),
         )
 
     def fetch_visitor(self, visitor_id: str) -> PostMetricVisitor:
