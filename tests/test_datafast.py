@@ -289,7 +289,7 @@ def source_with(
             datafast_rate_limit=Rate(100, 1),
             **env,
         )
-        limiter = SharedRateLimiter(redis_client, redis_server, key_prefix)
+        limiter = SharedRateLimiter(redis_client, key_prefix)
         source = DataFastSource(settings, limiter)
         source.http._client = httpx.Client(transport=httpx.MockTransport(handler))
         return source

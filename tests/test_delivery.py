@@ -62,7 +62,7 @@ def runtime() -> Iterator[Runtime]:
     prefix = f"test-delivery-{uuid.uuid4().hex[:8]}:"
     settings = load_settings(redis_key_prefix=prefix, max_retries=2, retry_backoff_base=0.1)
     client = redis.Redis.from_url(settings.redis_url)
-    limiter = SharedRateLimiter(client, settings.redis_url, prefix)
+    limiter = SharedRateLimiter(client, prefix)
     rt = Runtime(
         settings=settings,
         redis=client,

@@ -106,7 +106,7 @@ def settings(key_prefix: str, redis_server: str) -> Settings:
 
 @pytest.fixture
 def limiter(settings: Settings, redis_client: redis.Redis) -> SharedRateLimiter:
-    return SharedRateLimiter(redis_client, settings.redis_url, settings.redis_key_prefix)
+    return SharedRateLimiter(redis_client, settings.redis_key_prefix)
 
 
 Handler = Callable[[httpx.Request], httpx.Response]
@@ -353,7 +353,7 @@ def test_a_429_pauses_every_worker(make_client, settings: Settings, redis_server
     # Another process: its own Redis connection and limiter, same prefix.
     other_redis = redis.Redis.from_url(redis_server)
     try:
-        other = SharedRateLimiter(other_redis, redis_server, settings.redis_key_prefix)
+        other = SharedRateLimiter(other_redis, settings.redis_key_prefix)
         assert 25 < other.paused_for("datafast") <= 30
         assert other.paused_for("hubspot") == 0
         with pytest.raises(Throttled) as caught:
@@ -384,7 +384,7 @@ def test_limit_is_shared_across_limiter_instances(settings: Settings, redis_serv
     N requests per window between them."""
     clients = [redis.Redis.from_url(redis_server) for _ in range(2)]
     try:
-        limiters = [SharedRateLimiter(c, redis_server, settings.redis_key_prefix) for c in clients]
+        limiters = [SharedRateLimiter(c, settings.redis_key_prefix) for c in clients]
         rate = Rate(5, 30)
         admitted = refused = 0
         for i in range(20):
@@ -403,7 +403,7 @@ def test_limit_is_shared_across_limiter_instances(settings: Settings, redis_serv
 def test_limit_holds_under_concurrency(settings: Settings, redis_server: str) -> None:
     clients = [redis.Redis.from_url(redis_server) for _ in range(2)]
     try:
-        limiters = [SharedRateLimiter(c, redis_server, settings.redis_key_prefix) for c in clients]
+        limiters = [SharedRateLimiter(c, settings.redis_key_prefix) for c in clients]
         rate = Rate(7, 30)
         admitted: list[int] = []
         lock = threading.Lock()
@@ -435,9 +435,7 @@ def test_acquire_waits_within_max_wait(settings: Settings, redis_client) -> None
         slept.append(seconds)
         raise _Stop
 
-    limiter = SharedRateLimiter(
-        redis_client, settings.redis_url, settings.redis_key_prefix, sleep=fake_sleep
-    )
+    limiter = SharedRateLimiter(redis_client, settings.redis_key_prefix, sleep=fake_sleep)
     rate = Rate(1, 30)
     limiter.acquire("slack", rate, max_wait=0)
     # Full: with a generous max_wait it sleeps (our fake sleep stops it) instead of failing.
@@ -447,7 +445,8 @@ def test_acquire_waits_within_max_wait(settings: Settings, redis_client) -> None
     # With a small max_wait it gives up at once, asking to come back when the window frees.
     with pytest.raises(Throttled) as caught:
         limiter.acquire("slack", rate, max_wait=1)
-    assert 20 < caught.value.retry_after <= 30
+    # The window plus the limiter's margin for arrival jitter.
+    assert 20 < caught.value.retry_after <= 30 + limiter.margin
 
 
 class _Stop(Exception):
@@ -491,3 +490,14 @@ def test_429_with_an_absurd_retry_after_is_still_rate_limited(make_client) -> No
     client = make_client(envelope_error(429, "slow down", {"Retry-After": "inf"}))
     with pytest.raises(RateLimited):
         client.request("GET", "visitors/abc")
+
+
+def test_each_grant_counts_for_the_window_plus_the_margin(settings: Settings, redis_client) -> None:
+    """A request granted at t keeps its slot until t + window + margin, so one that leaves at
+    the window's edge cannot arrive inside the provider's previous window."""
+    limiter = SharedRateLimiter(redis_client, settings.redis_key_prefix, margin=0.25)
+    rate = Rate(2, 1)
+    assert limiter.try_acquire("datafast", rate) == 0.0
+    assert limiter.try_acquire("datafast", rate) == 0.0
+    wait = limiter.try_acquire("datafast", rate)
+    assert 1.0 < wait <= 1.25

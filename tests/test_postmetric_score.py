@@ -135,7 +135,7 @@ def _source(fake: SeedFake, prefix: str, key: str = POSTMETRIC_KEY) -> PostMetri
         postmetric_base_url=f"{fake.url}/postmetric",
     )
     client = redis.Redis.from_url(settings.redis_url)
-    return PostMetricSource(settings, SharedRateLimiter(client, settings.redis_url, prefix))
+    return PostMetricSource(settings, SharedRateLimiter(client, prefix))
 
 
 def test_fetches_with_bearer_key(fake: SeedFake, key_prefix: str) -> None:

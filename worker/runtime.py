@@ -49,7 +49,7 @@ def redis_client(settings: Settings) -> redis.Redis:
 
 def build_runtime(settings: Settings) -> Runtime:
     client = redis_client(settings)
-    limiter = SharedRateLimiter(client, settings.redis_url, settings.redis_key_prefix)
+    limiter = SharedRateLimiter(client, settings.redis_key_prefix)
     return Runtime(
         settings=settings,
         redis=client,
