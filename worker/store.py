@@ -132,6 +132,17 @@ class EventStore:
             self._event_key(event_id), self._sinks_key(event_id), self._steps_key(event_id)
         )
 
+    def mark_enqueued(self, event_id: str) -> None:
+        """Record that the event's task reached the broker (see ``needs_enqueue``)."""
+        self.redis.hset(self._event_key(event_id), "enqueued", "1")
+
+    def needs_enqueue(self, event_id: str) -> bool:
+        """True for an accepted event whose task may never have reached the broker: its
+        publish failed and Redis went away before ``forget`` could release the id. Without
+        this, the sender's retry would be answered "duplicate" and the event never run."""
+        state, enqueued = self.redis.hmget(self._event_key(event_id), "state", "enqueued")
+        return _text(state) == "queued" and enqueued is None
+
     def load_event(self, event_id: str) -> Event | None:
         raw = self.redis.hget(self._event_key(event_id), "event")
         return Event.model_validate_json(raw) if raw else None

@@ -115,7 +115,12 @@ def enqueue(rt: Runtime, event: Event) -> bool:
 
     try:
         if not rt.store.accept(event):
-            return False
+            if not rt.store.needs_enqueue(event.id):
+                return False
+            # Accepted before and answered 503, but Redis was gone before the id could be
+            # released: this retry must queue it, not be told "duplicate". A second task for
+            # an event that was queued after all is harmless (the tasks are idempotent).
+            log.warning("queueing an event whose publish had failed", extra={"event_id": event.id})
     except Exception:
         log.warning("redis unavailable on accept", extra={"event_id": event.id})
         raise ApiError(503, "the queue is unavailable; retry later") from None
@@ -128,6 +133,11 @@ def enqueue(rt: Runtime, event: Event) -> bool:
         except Exception:
             log.warning("could not release event id", extra={"event_id": event.id})
         raise ApiError(503, "the queue is unavailable; retry later") from None
+    try:
+        rt.store.mark_enqueued(event.id)
+    except Exception:
+        # Queued all the same; at worst a later duplicate queues a second, harmless task.
+        log.warning("could not mark event as queued", extra={"event_id": event.id})
     return True
 
 
