@@ -196,6 +196,9 @@ class Settings(BaseSettings):
     circuit_failure_threshold: int = Field(default=5, ge=1)
     circuit_window_seconds: float = Field(default=30.0, gt=0)
     circuit_cooldown_seconds: float = Field(default=15.0, gt=0)
+    # An event that made no progress for this long (a task lost with a broker outage) is
+    # queued again by beat; the tasks are idempotent, so a second run only finishes it.
+    stuck_event_seconds: float = Field(default=300.0, ge=30)
     # How long event ids are remembered for dedupe and status (7 days).
     event_retention_seconds: int = Field(default=7 * 24 * 3600, ge=60)
 

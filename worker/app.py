@@ -62,9 +62,17 @@ def create_celery(settings: Settings) -> Celery:
     )
     from worker.realtime import realtime_disabled_reason
 
+    schedule: dict[str, Any] = {
+        # Re-queue events whose task was lost (see worker/tasks.py requeue_stuck_events).
+        "requeue-stuck-events": {
+            "task": "visitor_enrich.requeue_stuck_events",
+            "schedule": min(60.0, settings.stuck_event_seconds / 2),
+            "options": {"expires": min(60.0, settings.stuck_event_seconds / 2)},
+        }
+    }
     if realtime_disabled_reason(settings) is None:
         # DataFast realtime map -> Slack hot-visitor alerts (worker/realtime.py).
-        app.conf.beat_schedule = {
+        schedule |= {
             "poll-realtime": {
                 "task": "visitor_enrich.poll_realtime",
                 "schedule": settings.realtime_poll_seconds,
@@ -72,6 +80,7 @@ def create_celery(settings: Settings) -> Celery:
                 "options": {"expires": settings.realtime_poll_seconds},
             }
         }
+    app.conf.beat_schedule = schedule
     return app
 
 

@@ -3,8 +3,9 @@
 After ``threshold`` failures that say "the service is down" (5xx, timeouts, refused
 connections) within ``window`` seconds, the circuit opens: no request to that service leaves
 for ``cooldown`` seconds, and tasks are re-scheduled (``Throttled``) instead of spending their
-attempts on a service that is known to be down. The first request after the cool-down is the
-probe: a success closes the circuit, another failure opens it again.
+attempts on a service that is known to be down. After the cool-down requests flow again (there
+is no single half-open probe): a success resets the count, and ``threshold`` more failures
+within the window open the circuit again.
 
 Written here rather than taken from a library: the maintained Python breakers (pybreaker,
 circuitbreaker) keep their state per process, or in Redis only through a client that must be

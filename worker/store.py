@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -29,6 +30,7 @@ from worker.journey import JourneyContext
 
 EventState = Literal["queued", "enriching", "delivered", "partially_delivered", "failed", "dead"]
 SinkState = Literal["pending", "posting", "delivered", "skipped", "failed", "dead"]
+FINAL_EVENT_STATES = frozenset({"delivered", "partially_delivered", "failed", "dead"})
 TERMINAL_SINK_STATES = frozenset({"delivered", "skipped", "failed", "dead"})
 MAX_STEPS = 200
 
@@ -81,6 +83,7 @@ redis.call('HSET', KEYS[1], 'event', ARGV[1], 'state', 'queued', 'created_at', A
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
 redis.call('RPUSH', KEYS[2], ARGV[4])
 redis.call('EXPIRE', KEYS[2], tonumber(ARGV[3]))
+redis.call('ZADD', KEYS[3], tonumber(ARGV[5]), ARGV[6])
 return 1
 """
 
@@ -112,6 +115,11 @@ class EventStore:
         return f"{self.prefix}event:{event_id}:steps"
 
     @property
+    def _inflight_key(self) -> str:
+        # Events not yet in a final state, scored by the time of their last progress.
+        return f"{self.prefix}inflight"
+
+    @property
     def _dead_key(self) -> str:
         return f"{self.prefix}dead"
 
@@ -121,8 +129,8 @@ class EventStore:
         """Record a new event as queued; False when that id was accepted before."""
         step = json.dumps({"at": _now(), "step": "accepted", "detail": event.type})
         created = self._accept(
-            keys=[self._event_key(event.id), self._steps_key(event.id)],
-            args=[event.model_dump_json(), _now(), self.retention, step],
+            keys=[self._event_key(event.id), self._steps_key(event.id), self._inflight_key],
+            args=[event.model_dump_json(), _now(), self.retention, step, time.time(), event.id],
         )
         return bool(created)
 
@@ -131,6 +139,7 @@ class EventStore:
         self.redis.delete(
             self._event_key(event_id), self._sinks_key(event_id), self._steps_key(event_id)
         )
+        self.redis.zrem(self._inflight_key, event_id)
 
     def mark_enqueued(self, event_id: str) -> None:
         """Record that the event's task reached the broker (see ``needs_enqueue``)."""
@@ -158,6 +167,8 @@ class EventStore:
         self.redis.hset(key, mapping={"state": state, "updated_at": _now()})
         if reason is not None:
             self.redis.hset(key, "reason", reason)
+        if state in FINAL_EVENT_STATES:
+            self.redis.zrem(self._inflight_key, event_id)
 
     def get_field(self, event_id: str, name: str) -> str | None:
         value = self.redis.hget(self._event_key(event_id), name)
@@ -170,7 +181,18 @@ class EventStore:
         pipe.rpush(key, json.dumps(entry))
         pipe.ltrim(key, -MAX_STEPS, -1)
         pipe.expire(key, self.retention)
+        pipe.zadd(self._inflight_key, {event_id: time.time()}, xx=True)
         pipe.execute()
+
+    def stuck_events(self, idle_seconds: float, limit: int = 200) -> list[str]:
+        """Events not final that have made no progress for ``idle_seconds``."""
+        ids = self.redis.zrangebyscore(
+            self._inflight_key, "-inf", time.time() - idle_seconds, start=0, num=limit
+        )
+        return [_text(i) for i in ids]
+
+    def drop_inflight(self, event_id: str) -> None:
+        self.redis.zrem(self._inflight_key, event_id)
 
     def reset_source(self, event_id: str) -> None:
         """Forget the source attempts and any journey, so the event is fetched afresh."""

@@ -27,7 +27,7 @@ from worker.retry import retry_countdown
 from worker.runtime import Runtime, get_runtime
 from worker.score import ScoreWeights, estimate_score
 from worker.sinks import Sink
-from worker.store import SinkRecord
+from worker.store import FINAL_EVENT_STATES, SinkRecord
 
 log = logging.getLogger(__name__)
 
@@ -306,3 +306,31 @@ def _finish(rt: Runtime, event_id: str) -> None:
     state = rt.store.refresh_state(event_id)
     if state is not None:
         rt.store.add_step(event_id, state)
+
+
+# Recovering lost tasks -------------------------------------------------------------------
+
+
+@app.task(name="visitor_enrich.requeue_stuck_events", acks_late=True, ignore_result=True)
+def requeue_stuck_events() -> int:
+    """Queue ``enrich_event`` again for events that made no progress for a while.
+
+    The Redis transport takes a message off the queue before it records it as unacknowledged;
+    a broker outage at that instant loses the task while the event stays ``queued``. Running
+    the (idempotent) task again finishes such an event: a journey already fetched is not
+    fetched again, and a delivered sink is not posted again.
+    """
+    rt = get_runtime()
+    store, settings = rt.store, rt.settings
+    count = 0
+    for event_id in store.stuck_events(settings.stuck_event_seconds):
+        state = store.get_field(event_id, "state")
+        if state is None or state in FINAL_EVENT_STATES:
+            store.drop_inflight(event_id)
+            continue
+        idle = round(settings.stuck_event_seconds)
+        store.add_step(event_id, "requeued", f"no progress for {idle}s")
+        enrich_event.apply_async((event_id,), queue=settings.celery_queue)
+        log.warning("requeued a stuck event", extra={"event_id": event_id})
+        count += 1
+    return count
