@@ -307,25 +307,7 @@ class FaultService(Service):
     def spawn_worker(self, timeout: float = 30.0) -> subprocess.Popen[bytes]:
         index = len(self.worker_procs)
         name = f"worker{index}"
-        argv = [
-            str(BIN / "celery"),
-            "-A",
-            "worker.app",
-            "worker",
-            "--pool",
-            "threads",
-            "--concurrency",
-            "4",
-            "-Q",
-            self.queue,
-            "--loglevel",
-            "INFO",
-            "--without-mingle",
-            "--without-gossip",
-            "--without-heartbeat",
-            "-n",
-            f"w{index}-{uuid.uuid4().hex[:6]}@%h",
-        ]
+        argv = self.worker_argv(f"w{index}-{uuid.uuid4().hex[:6]}@%h")
         proc = self._spawn(name, argv)
         self.worker_procs.append(proc)
         self.workers = len(self.worker_procs)

@@ -210,27 +210,20 @@ class Service:
             raise RuntimeError(f"{name} exited with {proc.returncode}:\n{self.log(name)[-4000:]}")
         return False
 
+    def worker_argv(self, node_name: str | None = None) -> list[str]:
+        """The worker command line, as the README and Procfile run it."""
+        argv = [
+            str(BIN / "celery"), "-A", "worker.app", "worker",
+            "--pool", "threads", "--concurrency", "4",
+            "-Q", self.queue, "--loglevel", "INFO",
+            "--without-mingle", "--without-gossip", "--without-heartbeat",
+        ]  # fmt: skip
+        return [*argv, "-n", node_name] if node_name else argv
+
     def _start_workers(self) -> None:
         for i in range(self.workers):
-            argv = [
-                str(BIN / "celery"),
-                "-A",
-                "worker.app",
-                "worker",
-                "--pool",
-                "threads",
-                "--concurrency",
-                "4",
-                "-Q",
-                self.queue,
-                "--loglevel",
-                "INFO",
-                "--without-mingle",
-                "--without-gossip",
-                "--without-heartbeat",
-            ]
-            if self.workers > 1:
-                argv += ["-n", f"w{i}-{uuid.uuid4().hex[:6]}@%h"]
+            node = f"w{i}-{uuid.uuid4().hex[:6]}@%h" if self.workers > 1 else None
+            argv = self.worker_argv(node)
             self.worker_procs.append(self._spawn(f"worker{i}", argv))
 
     def _start_web(self, timeout: float) -> None:
