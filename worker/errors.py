@@ -48,6 +48,16 @@ class UpstreamError(EnrichmentError):
         # next attempt must look for the effect before repeating it.
         self.effect_possible = effect_possible
 
+    def with_hint(self, hint: str) -> UpstreamError:
+        """The same error, of the same type, with advice for the operator appended."""
+        return type(self)(
+            f"{self.message} ({hint})",
+            service=self.service,
+            status_code=self.status_code,
+            retry_after=self.retry_after,
+            effect_possible=self.effect_possible,
+        )
+
 
 class RateLimited(UpstreamError):
     retryable = True

@@ -196,11 +196,7 @@ def resolve_visitor_id(
             response = client.request("GET", "api/v1/livechat/visitors.info", params=params)
         body = rocketchat_json(response)
     except AuthFailed as exc:
-        raise AuthFailed(
-            f"{exc.message} (check ROCKETCHAT_USER_ID and ROCKETCHAT_AUTH_TOKEN)",
-            service=exc.service,
-            status_code=exc.status_code,
-        ) from None
+        raise exc.with_hint("check ROCKETCHAT_USER_ID and ROCKETCHAT_AUTH_TOKEN") from None
     except Rejected as exc:
         if "not-found" in exc.message or "not found" in exc.message.lower():
             raise VisitorNotFound(

@@ -184,11 +184,7 @@ class PostMetricSource(Source):
         try:
             response = self.http.request("GET", "visitor", params={"visitorId": visitor_id})
         except AuthFailed as exc:
-            raise AuthFailed(
-                f"{exc.message} (check POSTMETRIC_API_KEY)",
-                service=exc.service,
-                status_code=exc.status_code,
-            ) from None
+            raise exc.with_hint("check POSTMETRIC_API_KEY") from None
         except Rejected as exc:
             if isinstance(exc, VisitorNotFound) or exc.status_code not in (400, 404):
                 raise
