@@ -501,3 +501,14 @@ def test_each_grant_counts_for_the_window_plus_the_margin(settings: Settings, re
     assert limiter.try_acquire("datafast", rate) == 0.0
     wait = limiter.try_acquire("datafast", rate)
     assert 1.0 < wait <= 1.25
+
+
+def test_with_hint_keeps_the_type_and_adds_advice() -> None:
+    from worker.errors import AuthFailed
+
+    hinted = AuthFailed("401 bad key", service="postmetric", status_code=401).with_hint(
+        "check POSTMETRIC_API_KEY"
+    )
+    assert isinstance(hinted, AuthFailed) and not hinted.retryable
+    assert str(hinted) == "postmetric: 401 bad key (check POSTMETRIC_API_KEY)"
+    assert hinted.status_code == 401
