@@ -389,23 +389,16 @@ def test_redis_down_is_503_and_quick(
     assert queued() == 0
 
 
-def test_broker_refusing_the_task_is_503_and_releases_the_id(
-    client: TestClient, queued: Callable[[], int], monkeypatch: pytest.MonkeyPatch
+def test_queue_refusing_the_task_is_503_and_keeps_nothing(
+    client: TestClient, queued: Callable[[], int], redis_client: redis.Redis, queue: str
 ) -> None:
-    """The status store took the id but the publish failed: 503, and the sender's retry of
-    the same id must be accepted (not answered "duplicate" and lost)."""
-    from kombu.exceptions import OperationalError
-
-    from worker.tasks import enrich_event
-
-    def refuse(*_: Any, **__: Any) -> None:
-        raise OperationalError("broker gone")
-
+    """Redis refuses the push (the queue key holds a string): 503, the event is not recorded,
+    and the sender's retry of the same id is accepted (not answered "duplicate" and lost)."""
     event_id = new_id()
-    monkeypatch.setattr(enrich_event, "apply_async", refuse)
-    assert_error(send_event(client, ticket(), event_id=event_id), 503)
+    redis_client.set(queue, "not a list")
+    assert_error(send_event(client, ticket(), event_id=event_id), 503, "retry")
     assert client.get(f"/v1/events/{event_id}").status_code == 404
-    monkeypatch.undo()
+    redis_client.delete(queue)
 
     retry = send_event(client, ticket(), event_id=event_id)
     assert retry.status_code == 202, retry.text

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
+from typing import Any
 
 import redis
+import redis.asyncio
 
 from config import Settings, get_settings
 from worker.ratelimit import SharedRateLimiter
@@ -36,15 +38,22 @@ class Runtime:
         return self._source
 
 
+# Short timeouts: a Redis outage must turn into a quick 503, never a hung request.
+_CLIENT_OPTIONS: dict[str, Any] = {
+    "socket_timeout": 5,
+    "socket_connect_timeout": 3,
+    "health_check_interval": 15,
+    "retry_on_timeout": False,
+}
+
+
 def redis_client(settings: Settings) -> redis.Redis:
-    # Short timeouts: a Redis outage must turn into a quick 503, never a hung request.
-    return redis.Redis.from_url(
-        settings.redis_url,
-        socket_timeout=5,
-        socket_connect_timeout=3,
-        health_check_interval=15,
-        retry_on_timeout=False,
-    )
+    return redis.Redis.from_url(settings.redis_url, **_CLIENT_OPTIONS)
+
+
+def async_redis_client(url: str) -> redis.asyncio.Redis:
+    """The web process's asyncio client (worker/intake.py), with the same options."""
+    return redis.asyncio.Redis.from_url(url, **_CLIENT_OPTIONS)
 
 
 def build_runtime(settings: Settings) -> Runtime:

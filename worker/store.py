@@ -17,11 +17,12 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+import orjson
 import redis
 from pydantic import BaseModel, Field
 
@@ -75,16 +76,46 @@ def overall_state(sinks: dict[str, SinkRecord]) -> EventState | None:
     return "dead" if dead else "failed"
 
 
-# Claim an event id once: create the hash only when it does not exist yet.
+# Claim event ids once and queue their tasks, atomically: create each event's hash only when
+# it does not exist yet, and push its task message (when given) in the same script.
+#   KEYS: inflight zset, the Celery queue list, then per event: its hash, its steps list
+#   ARGV: now (ISO), retention (s), now (unix), then per event: id, event JSON, first step
+#         JSON, task message ('' records without queueing)
+# Returns 1 (queued now) or 0 (a duplicate) per event. An event recorded earlier without its
+# task (recorded only, or by a version that published separately and failed) is queued by
+# the sender's retry instead of being called a duplicate: the 'enqueued' field tells.
+# The push comes first: a script that fails half-way (Redis does not roll back) then leaves
+# at worst a task whose event is not recorded, which the task ignores, never a recorded
+# event whose task is lost.
 _ACCEPT = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], 'event', ARGV[1], 'state', 'queued', 'created_at', ARGV[2],
-           'updated_at', ARGV[2])
-redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
-redis.call('RPUSH', KEYS[2], ARGV[4])
-redis.call('EXPIRE', KEYS[2], tonumber(ARGV[3]))
-redis.call('ZADD', KEYS[3], tonumber(ARGV[5]), ARGV[6])
-return 1
+local created = {}
+for i = 1, (#KEYS - 2) / 2 do
+  local event_key, steps_key = KEYS[1 + 2 * i], KEYS[2 + 2 * i]
+  local a = 4 * i
+  local message = ARGV[a + 3]
+  created[i] = 0
+  if redis.call('EXISTS', event_key) == 1 then
+    if message ~= '' and redis.call('HGET', event_key, 'state') == 'queued'
+        and redis.call('HEXISTS', event_key, 'enqueued') == 0 then
+      redis.call('LPUSH', KEYS[2], message)
+      redis.call('HSET', event_key, 'enqueued', '1')
+      created[i] = 1
+    end
+  else
+    if message ~= '' then
+      redis.call('LPUSH', KEYS[2], message)
+      redis.call('HSET', event_key, 'enqueued', '1')
+    end
+    redis.call('HSET', event_key, 'event', ARGV[a + 1], 'state', 'queued',
+               'created_at', ARGV[1], 'updated_at', ARGV[1])
+    redis.call('EXPIRE', event_key, tonumber(ARGV[2]))
+    redis.call('RPUSH', steps_key, ARGV[a + 2])
+    redis.call('EXPIRE', steps_key, tonumber(ARGV[2]))
+    redis.call('ZADD', KEYS[1], tonumber(ARGV[3]), ARGV[a])
+    created[i] = 1
+  end
+end
+return created
 """
 
 _RELEASE_LOCK = """
@@ -125,32 +156,30 @@ class EventStore:
 
     # Accepting ---------------------------------------------------------------------------
 
-    def accept(self, event: Event) -> bool:
-        """Record a new event as queued; False when that id was accepted before."""
-        step = json.dumps({"at": _now(), "step": "accepted", "detail": event.type})
-        created = self._accept(
-            keys=[self._event_key(event.id), self._steps_key(event.id), self._inflight_key],
-            args=[event.model_dump_json(), _now(), self.retention, step, time.time(), event.id],
-        )
-        return bool(created)
+    def accept_script(self, client: Any) -> Any:
+        """The accept script registered on ``client`` (sync, or asyncio in the web process)."""
+        return client.register_script(_ACCEPT)
 
-    def forget(self, event_id: str) -> None:
-        """Undo ``accept`` when the task could not be queued, so the sender may retry."""
-        self.redis.delete(
-            self._event_key(event_id), self._sinks_key(event_id), self._steps_key(event_id)
-        )
-        self.redis.zrem(self._inflight_key, event_id)
+    def accept_arguments(
+        self, items: Sequence[tuple[Event, str]], queue: str
+    ) -> tuple[list[str], list[Any]]:
+        """KEYS and ARGV of the accept script for (event, task message) pairs."""
+        now = _now()
+        keys = [self._inflight_key, queue]
+        args: list[Any] = [now, self.retention, time.time()]
+        for event, message in items:
+            step = orjson.dumps({"at": now, "step": "accepted", "detail": event.type})
+            keys += [self._event_key(event.id), self._steps_key(event.id)]
+            args += [event.id, event.model_dump_json(), step, message]
+        return keys, args
 
-    def mark_enqueued(self, event_id: str) -> None:
-        """Record that the event's task reached the broker (see ``needs_enqueue``)."""
-        self.redis.hset(self._event_key(event_id), "enqueued", "1")
-
-    def needs_enqueue(self, event_id: str) -> bool:
-        """True for an accepted event whose task may never have reached the broker: its
-        publish failed and Redis went away before ``forget`` could release the id. Without
-        this, the sender's retry would be answered "duplicate" and the event never run."""
-        state, enqueued = self.redis.hmget(self._event_key(event_id), "state", "enqueued")
-        return _text(state) == "queued" and enqueued is None
+    def accept(self, event: Event, queue: str = "", message: str = "") -> bool:
+        """Record a new event as queued (and push ``message`` onto ``queue`` with it);
+        False when that id was accepted before. The web process does the same for many
+        events at once (worker/intake.py)."""
+        keys, args = self.accept_arguments([(event, message)], queue)
+        created = self._accept(keys=keys, args=args)
+        return bool(created[0])
 
     def load_event(self, event_id: str) -> Event | None:
         raw = self.redis.hget(self._event_key(event_id), "event")

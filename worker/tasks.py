@@ -21,6 +21,7 @@ from celery import Task
 from worker.app import app
 from worker.errors import EnrichmentError, Throttled, UpstreamError, VisitorNotFound
 from worker.events import Event
+from worker.intake import ENRICH_EVENT_TASK
 from worker.journey import JourneyContext
 from worker.livechat import complete_livechat_event
 from worker.retry import retry_countdown
@@ -78,7 +79,7 @@ def plan(rt: Runtime, event: Event, context: JourneyContext) -> tuple[list[str],
     return planned, skipped
 
 
-@app.task(bind=True, name="visitor_enrich.enrich_event", acks_late=True, reject_on_worker_lost=True)
+@app.task(bind=True, name=ENRICH_EVENT_TASK, acks_late=True, reject_on_worker_lost=True)
 def enrich_event(self: Task, event_id: str) -> None:
     rt = get_runtime()
     store, settings = rt.store, rt.settings
