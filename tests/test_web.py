@@ -403,3 +403,31 @@ def test_queue_refusing_the_task_is_503_and_keeps_nothing(
     retry = send_event(client, ticket(), event_id=event_id)
     assert retry.status_code == 202, retry.text
     assert queued() == 1
+
+
+def test_an_unexpected_error_is_a_500_envelope_and_logged(
+    client: TestClient,
+    queued: Callable[[], int],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """POST /v1/events is served ahead of FastAPI's error middleware: it answers a bug with
+    the same envelope itself, and logs it (which is what reaches Sentry)."""
+    import worker.web
+
+    def broken(*_: Any, **__: Any) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(worker.web, "parse_event", broken)
+    assert_error(send_event(client, ticket(), event_id=new_id()), 500, "internal")
+    assert queued() == 0
+    assert any(r.levelname == "ERROR" for r in caplog.records)
+    assert "RuntimeError: a bug" in caplog.text
+
+
+def test_the_event_route_is_documented(client: TestClient) -> None:
+    schema = client.get("/openapi.json").json()
+    operation = schema["paths"]["/v1/events"]["post"]
+    assert set(operation["responses"]) >= {"200", "202", "400", "401", "413", "422", "503"}
+    body = operation["requestBody"]["content"]["application/json"]["schema"]
+    assert "datafast_visitor_id" in body["properties"]
