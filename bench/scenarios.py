@@ -509,7 +509,7 @@ def queue_overhead(ctx: Context) -> ScenarioResult:
         "ours_max_ms": max(ours, default=math.nan),
         "ref_max_ms": max(ref, default=math.nan),
         "noop_worker_memory_kb": noop_memory,
-        "hops": "ours: web -> enrich_event -> (provider GET) -> deliver_to_sink -> PUT; "
+        "hops": "ours: web -> enrich_event -> (provider GET) -> PUT to the sink; "
         "reference: apply_async -> no-op task",
     }
     held50 = p50 - r50 <= 10

@@ -52,3 +52,17 @@ def test_closes_after_cooldown_and_success_resets_the_count(prefix: str) -> None
     assert not breaker.record_failure("hubspot")
     assert not breaker.record_failure("hubspot")
     assert not breaker.is_open("hubspot")
+
+
+def test_before_call_says_whether_a_success_has_a_count_to_reset(prefix: str) -> None:
+    breaker, other = _breaker(prefix), _breaker(prefix)
+    assert breaker.before_call("slack") is False
+    other.record_failure("slack")  # counted by another worker
+    counted = breaker.before_call("slack")
+    assert counted is True
+    breaker.record_success("slack", counted)
+    assert breaker.before_call("slack") is False
+    # Two more failures no longer open it: the success reset the shared count.
+    assert not other.record_failure("slack")
+    assert not other.record_failure("slack")
+    assert not breaker.is_open("slack")

@@ -20,7 +20,7 @@ from worker.ratelimit import SharedRateLimiter
 from worker.runtime import Runtime
 from worker.sinks.base import DeliveryResult, Sink
 from worker.store import EventStore, SinkRecord, overall_state
-from worker.tasks import _attempt
+from worker.tasks import deliver
 
 
 class RecordingSink(Sink):
@@ -105,7 +105,7 @@ def _record(rt: Runtime, event: Event) -> SinkRecord:
 
 def test_delivers_once_and_records_it(runtime: Runtime) -> None:
     event, context = _event(runtime)
-    assert _attempt(runtime, _sink(runtime), event, context, _record(runtime, event)) is None
+    assert deliver(runtime, event, context, "recording") is None
     record = _record(runtime, event)
     assert (record.state, record.attempts, record.external_id) == ("delivered", 1, "1")
     assert _sink(runtime).posted == [event.marker]
@@ -118,7 +118,7 @@ def test_crash_after_post_before_record_does_not_post_again(runtime: Runtime) ->
     # still says "posting".
     sink.posted.append(event.marker)
     runtime.store.save_sink(event.id, "recording", SinkRecord(state="posting", attempts=1))
-    assert _attempt(runtime, sink, event, context, _record(runtime, event)) is None
+    assert deliver(runtime, event, context, "recording") is None
     assert sink.posted == [event.marker]
     record = _record(runtime, event)
     assert record.state == "delivered"
@@ -129,7 +129,7 @@ def test_crash_before_post_posts_on_redelivery(runtime: Runtime) -> None:
     event, context = _event(runtime)
     sink = _sink(runtime)
     runtime.store.save_sink(event.id, "recording", SinkRecord(state="posting", attempts=1))
-    assert _attempt(runtime, sink, event, context, _record(runtime, event)) is None
+    assert deliver(runtime, event, context, "recording") is None
     assert sink.posted == [event.marker]
 
 
@@ -140,7 +140,7 @@ def test_sink_that_cannot_look_posts_again_after_a_crash(runtime: Runtime) -> No
     sink.can_look = False
     sink.posted.append(event.marker)
     runtime.store.save_sink(event.id, "recording", SinkRecord(state="posting", attempts=1))
-    _attempt(runtime, sink, event, context, _record(runtime, event))
+    deliver(runtime, event, context, "recording")
     assert sink.posted == [event.marker, event.marker]
 
 
@@ -150,7 +150,7 @@ def test_retryable_failure_is_retried_then_dead_lettered(runtime: Runtime) -> No
     sink.failures = [Unavailable("503 down", service="recording", status_code=503)] * 3
     countdowns = []
     for _ in range(3):
-        countdowns.append(_attempt(runtime, sink, event, context, _record(runtime, event)))
+        countdowns.append(deliver(runtime, event, context, "recording"))
     assert all(c is not None and 0 <= c <= runtime.settings.max_countdown for c in countdowns[:2])
     assert countdowns[2] is None  # gave up after MAX_RETRIES=2 retries
     record = _record(runtime, event)
@@ -167,7 +167,7 @@ def test_retry_after_is_respected_in_the_countdown(runtime: Runtime) -> None:
     from worker.errors import RateLimited
 
     sink.failures = [RateLimited("429", service="recording", status_code=429, retry_after=3.0)]
-    countdown = _attempt(runtime, sink, event, context, _record(runtime, event))
+    countdown = deliver(runtime, event, context, "recording")
     assert countdown is not None and countdown >= 3.0
 
 
@@ -175,7 +175,7 @@ def test_timeout_after_sending_keeps_posting_so_the_next_attempt_looks(runtime: 
     event, context = _event(runtime)
     sink = _sink(runtime)
     sink.failures = [Unavailable("read timeout", service="recording", effect_possible=True)]
-    assert _attempt(runtime, sink, event, context, _record(runtime, event)) is not None
+    assert deliver(runtime, event, context, "recording") is not None
     assert _record(runtime, event).state == "posting"
 
 
@@ -183,7 +183,7 @@ def test_throttled_does_not_use_an_attempt(runtime: Runtime) -> None:
     event, context = _event(runtime)
     sink = _sink(runtime)
     sink.failures = [Throttled("held", service="recording", retry_after=1.5)]
-    assert _attempt(runtime, sink, event, context, _record(runtime, event)) == 1.5
+    assert deliver(runtime, event, context, "recording") == 1.5
     record = _record(runtime, event)
     # Throttled means nothing was sent: the record is as before and no attempt is used up.
     assert (record.state, record.attempts) == ("pending", 0)
@@ -193,7 +193,7 @@ def test_permanent_failure_is_not_retried(runtime: Runtime) -> None:
     event, context = _event(runtime)
     sink = _sink(runtime)
     sink.failures = [AuthFailed("401 bad token", service="recording", status_code=401)]
-    assert _attempt(runtime, sink, event, context, _record(runtime, event)) is None
+    assert deliver(runtime, event, context, "recording") is None
     record = _record(runtime, event)
     assert record.state == "failed" and "401 bad token" in (record.reason or "")
 
@@ -208,7 +208,7 @@ def test_replay_of_a_dead_letter_twice_posts_once(
     sink = _sink(runtime)
     sink.failures = [Unavailable("down", service="recording")] * 3
     for _ in range(3):
-        _attempt(runtime, sink, event, context, _record(runtime, event))
+        deliver(runtime, event, context, "recording")
     assert _record(runtime, event).state == "dead"
 
     queued: list[tuple[str, str]] = []
@@ -276,3 +276,101 @@ def test_stuck_events_are_queued_again_and_final_ones_dropped(
     assert runtime.store.stuck_events(0.0) != []  # still in flight, just not idle
     assert done.id not in runtime.store.stuck_events(0.0)
     assert fresh.id in runtime.store.stuck_events(0.0)
+
+
+class FlakySink(RecordingSink):
+    """A second destination, to see that one sink's retry leaves the other alone."""
+
+    name = "flaky"
+    label = "Flaky"
+
+
+def _accepted_with_journey(rt: Runtime) -> tuple[Event, JourneyContext]:
+    """An event whose journey is already fetched: ``enrich_event`` goes straight to the sinks."""
+    event = Event(
+        id=f"evt_{uuid.uuid4().hex[:10]}", type="support_ticket", ticket_id="7", visitor_id="v"
+    )
+    assert rt.store.accept(event)
+    context = JourneyContext(provider="DataFast", visitor_id="v")
+    rt.store.save_context(event.id, context)
+    return event, context
+
+
+def test_enrich_event_delivers_inline_and_queues_a_task_only_for_the_sink_that_failed(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from worker import tasks
+
+    flaky = FlakySink(runtime.settings, runtime.limiter)
+    flaky.failures = [Unavailable("503 down", service="flaky", status_code=503)]
+    runtime.sinks["flaky"] = flaky
+    event, _ = _accepted_with_journey(runtime)
+    queued: list[tuple[tuple[str, ...], float]] = []
+    monkeypatch.setattr(tasks, "get_runtime", lambda: runtime)
+    monkeypatch.setattr(
+        tasks.deliver_to_sink,
+        "apply_async",
+        lambda args, countdown, queue: queued.append((tuple(args), countdown)),
+    )
+
+    tasks.enrich_event(event.id)
+
+    assert _sink(runtime).posted == [event.marker]  # delivered in the task itself
+    assert [args for args, _ in queued] == [(event.id, "flaky")]
+    assert 0 < queued[0][1] <= runtime.settings.max_countdown
+    status = runtime.store.describe(event.id)
+    assert status is not None and status["state"] == "queued"  # not final while one retries
+    assert status["sinks"]["recording"]["state"] == "delivered"
+    assert status["sinks"]["flaky"]["state"] == "pending"
+
+    # The same task delivered again (acks_late after a crash) posts nothing twice, and the
+    # queued retry finishes the event.
+    queued.clear()
+    tasks.enrich_event(event.id)
+    tasks.deliver_to_sink(event.id, "flaky")
+    assert _sink(runtime).posted == [event.marker]
+    assert flaky.posted == [event.marker]
+    status = runtime.store.describe(event.id)
+    assert status is not None and status["state"] == "delivered"
+    assert [s["step"] for s in status["steps"]].count("delivered") == 1
+
+
+def test_a_pair_another_worker_is_delivering_is_tried_again_later(runtime: Runtime) -> None:
+    from worker.tasks import LOCKED_RETRY_SECONDS
+
+    event, context = _event(runtime)
+    claim = runtime.store.claim_sink(event.id, "recording", 30)
+    assert claim is not None and claim.record is not None and claim.record.state == "pending"
+    assert runtime.store.claim_sink(event.id, "recording", 30) is None
+    assert deliver(runtime, event, context, "recording") == LOCKED_RETRY_SECONDS
+    assert _sink(runtime).posted == []
+    runtime.store.release_sink(claim)
+    assert deliver(runtime, event, context, "recording") is None
+    assert _sink(runtime).posted == [event.marker]
+
+
+def test_a_sink_this_worker_does_not_have_fails_visibly(runtime: Runtime) -> None:
+    event, context = _event(runtime)
+    runtime.store.plan_sinks(event.id, ["gone"], {})
+    assert deliver(runtime, event, context, "gone") is None
+    record = runtime.store.sink_record(event.id, "gone")
+    assert record is not None and record.state == "failed"
+    assert "not configured on this worker" in (record.reason or "")
+    assert [d.sink for d in runtime.store.dead_letters()] == ["gone"]
+
+
+def test_a_batch_sends_its_writes_together_and_nothing_when_it_raises(runtime: Runtime) -> None:
+    event, _ = _event(runtime)
+    with pytest.raises(RuntimeError), runtime.store.batch() as batch:
+        batch.set_state(event.id, "failed", "never written")
+        raise RuntimeError("boom")
+    assert runtime.store.get_field(event.id, "state") == "queued"
+    with runtime.store.batch() as batch:
+        batch.set_state(event.id, "enriching", "written")
+        batch.add_step(event.id, "fetching")
+        assert runtime.store.get_field(event.id, "state") == "queued"  # not sent yet
+    snapshot = runtime.store.snapshot(event.id)
+    assert snapshot is not None and snapshot.state == "enriching"
+    assert snapshot.event == event and snapshot.context is not None
+    assert set(snapshot.sinks) == {"recording"}
+    assert runtime.store.snapshot("evt_unknown") is None

@@ -38,16 +38,21 @@ class CircuitBreaker:
     def _keys(self, service: str) -> tuple[str, str]:
         return f"{self._prefix}circuit:{service}:failures", f"{self._prefix}circuit:{service}:open"
 
-    def before_call(self, service: str) -> None:
-        """Raise ``Throttled`` while the circuit of ``service`` is open."""
-        _, open_key = self._keys(service)
-        remaining_ms = self._redis.pttl(open_key)
+    def before_call(self, service: str) -> bool:
+        """Raise ``Throttled`` while the circuit of ``service`` is open; else say whether
+        failures are being counted (only then has a success anything to reset)."""
+        failures_key, open_key = self._keys(service)
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.pttl(open_key)
+        pipe.exists(failures_key)
+        remaining_ms, failures = pipe.execute()
         if remaining_ms and remaining_ms > 0:
             raise Throttled(
                 f"circuit open after repeated failures; next try in {remaining_ms / 1000:.1f}s",
                 service=service,
                 retry_after=remaining_ms / 1000,
             )
+        return bool(failures)
 
     def record_failure(self, service: str) -> bool:
         """Count one failure; True when this one opened the circuit."""
@@ -61,9 +66,12 @@ class CircuitBreaker:
             return bool(self._redis.set(open_key, 1, px=int(self.cooldown * 1000), nx=True))
         return False
 
-    def record_success(self, service: str) -> None:
-        failures_key, _ = self._keys(service)
-        self._redis.delete(failures_key)
+    def record_success(self, service: str, failures_counted: bool = True) -> None:
+        """Reset the failure count; ``failures_counted=False`` (from ``before_call``) skips the
+        round trip when there was nothing to reset, the common case."""
+        if failures_counted:
+            failures_key, _ = self._keys(service)
+            self._redis.delete(failures_key)
 
     def is_open(self, service: str) -> bool:
         return bool(self._redis.exists(self._keys(service)[1]))

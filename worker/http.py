@@ -254,7 +254,7 @@ class ServiceClient:
 
         ``Throttled`` (our limiter, a provider pause or an open circuit) means nothing was sent.
         """
-        self._breaker.before_call(self.service)
+        failures_counted = self._breaker.before_call(self.service)
         try:
             response = self._request(
                 method, path, params=params, json_body=json_body, max_wait=max_wait
@@ -263,7 +263,7 @@ class ServiceClient:
             if self._breaker.record_failure(self.service):
                 log.warning("circuit opened", extra={"service": self.service})
             raise
-        self._breaker.record_success(self.service)
+        self._breaker.record_success(self.service, failures_counted)
         return response
 
     def _request(

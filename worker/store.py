@@ -14,11 +14,13 @@ Every key of an event expires after ``EVENT_RETENTION_SECONDS``; that is also th
 
 from __future__ import annotations
 
+import copy
 import json
 import secrets
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -118,10 +120,39 @@ end
 return created
 """
 
+# Take the (event, sink) delivery lock and read the sink's record under it, in one round
+# trip. KEYS: the lock, the event's sinks hash. ARGV: token, ttl (ms), sink name.
+# Returns false when another worker holds the lock, else the record's JSON ('' when none).
+_CLAIM_SINK = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', tonumber(ARGV[2])) then
+  return redis.call('HGET', KEYS[2], ARGV[3]) or ''
+end
+return false
+"""
+
 _RELEASE_LOCK = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+
+
+@dataclass(frozen=True)
+class EventSnapshot:
+    """What a task needs of an event, read in one round trip."""
+
+    event: Event
+    state: str | None
+    context: JourneyContext | None
+    sinks: dict[str, SinkRecord] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SinkClaim:
+    """The held delivery lock of one (event, sink) pair and the sink's record read under it."""
+
+    key: str
+    token: str
+    record: SinkRecord | None
 
 
 class EventStore:
@@ -132,7 +163,32 @@ class EventStore:
         self.prefix = prefix
         self.retention = retention_seconds
         self._accept = client.register_script(_ACCEPT)
-        self._release = client.register_script(_RELEASE_LOCK)
+        self._claim = client.register_script(_CLAIM_SINK)
+        # Set on the copies that ``batch`` hands out: their writes go into this pipeline.
+        self._batch: Any = None
+
+    # Round trips ---------------------------------------------------------------------------
+
+    @contextmanager
+    def batch(self) -> Iterator[EventStore]:
+        """This store with its writes collected and sent in one round trip when the block
+        ends (nothing is sent when it raises). Only writes belong in the block: a read would
+        return the pipeline, not a value. A task's bookkeeping is a few writes at a time, and
+        each round trip costs the worker more CPU than the writes themselves."""
+        view = copy.copy(self)
+        view._batch = self.redis.pipeline(transaction=False)
+        yield view
+        view._batch.execute()
+
+    @contextmanager
+    def _commands(self) -> Iterator[Any]:
+        """Where a write goes: the enclosing batch, or a pipeline of its own sent at once."""
+        if self._batch is not None:
+            yield self._batch
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        yield pipe
+        pipe.execute()
 
     # Keys -------------------------------------------------------------------------------
 
@@ -181,23 +237,40 @@ class EventStore:
         created = self._accept(keys=keys, args=args)
         return bool(created[0])
 
+    def snapshot(self, event_id: str) -> EventSnapshot | None:
+        """The event, its state, journey and sink records; None when the event is gone."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hmget(self._event_key(event_id), "event", "state", "context")
+        pipe.hgetall(self._sinks_key(event_id))
+        (raw_event, state, context), sinks = pipe.execute()
+        if not raw_event:
+            return None
+        return EventSnapshot(
+            event=Event.model_validate_json(raw_event),
+            state=_text(state),
+            context=JourneyContext.model_validate_json(context) if context else None,
+            sinks={_text(k): SinkRecord.model_validate_json(v) for k, v in sinks.items()},
+        )
+
     def load_event(self, event_id: str) -> Event | None:
         raw = self.redis.hget(self._event_key(event_id), "event")
         return Event.model_validate_json(raw) if raw else None
 
     def replace_event(self, event: Event) -> None:
         """Store a completed event (e.g. a visitor id found on the livechat visitor)."""
-        self.redis.hset(self._event_key(event.id), "event", event.model_dump_json())
+        with self._commands() as pipe:
+            pipe.hset(self._event_key(event.id), "event", event.model_dump_json())
 
     # State and steps ---------------------------------------------------------------------
 
     def set_state(self, event_id: str, state: EventState, reason: str | None = None) -> None:
-        key = self._event_key(event_id)
-        self.redis.hset(key, mapping={"state": state, "updated_at": _now()})
+        fields = {"state": state, "updated_at": _now()}
         if reason is not None:
-            self.redis.hset(key, "reason", reason)
-        if state in FINAL_EVENT_STATES:
-            self.redis.zrem(self._inflight_key, event_id)
+            fields["reason"] = reason
+        with self._commands() as pipe:
+            pipe.hset(self._event_key(event_id), mapping=fields)
+            if state in FINAL_EVENT_STATES:
+                pipe.zrem(self._inflight_key, event_id)
 
     def get_field(self, event_id: str, name: str) -> str | None:
         value = self.redis.hget(self._event_key(event_id), name)
@@ -206,12 +279,11 @@ class EventStore:
     def add_step(self, event_id: str, step: str, detail: str | None = None, **extra: Any) -> None:
         entry = {"at": _now(), "step": step, **({"detail": detail} if detail else {}), **extra}
         key = self._steps_key(event_id)
-        pipe = self.redis.pipeline()
-        pipe.rpush(key, json.dumps(entry))
-        pipe.ltrim(key, -MAX_STEPS, -1)
-        pipe.expire(key, self.retention)
-        pipe.zadd(self._inflight_key, {event_id: time.time()}, xx=True)
-        pipe.execute()
+        with self._commands() as pipe:
+            pipe.rpush(key, orjson.dumps(entry))
+            pipe.ltrim(key, -MAX_STEPS, -1)
+            pipe.expire(key, self.retention)
+            pipe.zadd(self._inflight_key, {event_id: time.time()}, xx=True)
 
     def stuck_events(self, idle_seconds: float, limit: int = 200) -> list[str]:
         """Events not final that have made no progress for ``idle_seconds``."""
@@ -237,7 +309,8 @@ class EventStore:
     # Journey -----------------------------------------------------------------------------
 
     def save_context(self, event_id: str, context: JourneyContext) -> None:
-        self.redis.hset(self._event_key(event_id), "context", context.model_dump_json())
+        with self._commands() as pipe:
+            pipe.hset(self._event_key(event_id), "context", context.model_dump_json())
 
     def load_context(self, event_id: str) -> JourneyContext | None:
         raw = self.redis.hget(self._event_key(event_id), "context")
@@ -248,13 +321,13 @@ class EventStore:
     def plan_sinks(self, event_id: str, planned: list[str], skipped: dict[str, str]) -> None:
         """Create each sink's record once; a redelivered task never resets an outcome."""
         key = self._sinks_key(event_id)
-        pipe = self.redis.pipeline()
-        for name in planned:
-            pipe.hsetnx(key, name, SinkRecord().model_dump_json())
-        for name, reason in skipped.items():
-            pipe.hsetnx(key, name, SinkRecord(state="skipped", reason=reason).model_dump_json())
-        pipe.expire(key, self.retention)
-        pipe.execute()
+        with self._commands() as pipe:
+            for name in planned:
+                pipe.hsetnx(key, name, SinkRecord().model_dump_json())
+            for name, reason in skipped.items():
+                record = SinkRecord(state="skipped", reason=reason)
+                pipe.hsetnx(key, name, record.model_dump_json())
+            pipe.expire(key, self.retention)
 
     def sink_record(self, event_id: str, sink: str) -> SinkRecord | None:
         raw = self.redis.hget(self._sinks_key(event_id), sink)
@@ -269,25 +342,38 @@ class EventStore:
 
     def save_sink(self, event_id: str, sink: str, record: SinkRecord) -> None:
         record = record.model_copy(update={"updated_at": _now()})
-        self.redis.hset(self._sinks_key(event_id), sink, record.model_dump_json())
+        with self._commands() as pipe:
+            pipe.hset(self._sinks_key(event_id), sink, record.model_dump_json())
 
-    @contextmanager
-    def sink_lock(self, event_id: str, sink: str, ttl_seconds: float) -> Iterator[bool]:
-        """Hold the (event, sink) delivery lock; yields False when another worker holds it."""
+    def claim_sink(self, event_id: str, sink: str, ttl_seconds: float) -> SinkClaim | None:
+        """Take the (event, sink) delivery lock; None when another worker holds it.
+
+        The lock outlives no task: it expires after ``ttl_seconds`` even if never released,
+        so a worker killed mid-call blocks its successor only that long."""
         key = f"{self.prefix}lock:{event_id}:{sink}"
         token = secrets.token_hex(8)
-        acquired = bool(self.redis.set(key, token, nx=True, px=int(ttl_seconds * 1000)))
-        try:
-            yield acquired
-        finally:
-            if acquired:
-                self._release(keys=[key], args=[token])
+        raw = self._claim(
+            keys=[key, self._sinks_key(event_id)], args=[token, int(ttl_seconds * 1000), sink]
+        )
+        if raw is None:
+            return None
+        record = SinkRecord.model_validate_json(raw) if raw else None
+        return SinkClaim(key=key, token=token, record=record)
+
+    def release_sink(self, claim: SinkClaim) -> None:
+        """Give the lock up, unless it expired and another worker holds it now."""
+        with self._commands() as pipe:
+            # EVAL, not a registered script: in a pipeline those cost a SCRIPT EXISTS first.
+            pipe.eval(_RELEASE_LOCK, 1, claim.key, claim.token)
 
     def refresh_state(self, event_id: str) -> EventState | None:
-        """Set the event's overall state once every planned sink has an outcome."""
+        """Set the event's overall state (and its step) once every planned sink has an
+        outcome."""
         state = overall_state(self.sink_records(event_id))
         if state is not None:
-            self.set_state(event_id, state)
+            with self.batch() as batch:
+                batch.set_state(event_id, state)
+                batch.add_step(event_id, state)
         return state
 
     # Reading for the API -----------------------------------------------------------------
@@ -337,7 +423,8 @@ class EventStore:
             reason=reason,
             attempts=attempts,
         )
-        self.redis.hset(self._dead_key, letter.id, letter.model_dump_json())
+        with self._commands() as pipe:
+            pipe.hset(self._dead_key, letter.id, letter.model_dump_json())
         return letter
 
     def dead_letters(self) -> list[DeadLetter]:

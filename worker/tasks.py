@@ -1,6 +1,6 @@
-"""The two tasks: ``enrich_event`` fetches the journey once and fans out; ``deliver_to_sink``
-posts it to one sink. Each sink is retried on its own, so one failing sink never re-posts to
-those that succeeded.
+"""The two tasks: ``enrich_event`` fetches the journey once and delivers it to each sink;
+``deliver_to_sink`` tries one sink again. Each sink is retried on its own, so one failing sink
+never re-posts to those that succeeded.
 
 Both tasks are idempotent: they take an event id, read the state from Redis and do only what
 is not recorded as done. With ``acks_late`` a task killed mid-way runs again from the top.
@@ -13,6 +13,7 @@ whether ``event.marker`` is already there (``Sink.already_delivered``) and posts
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -28,7 +29,7 @@ from worker.retry import retry_countdown
 from worker.runtime import Runtime, get_runtime
 from worker.score import ScoreWeights, estimate_score
 from worker.sinks import Sink
-from worker.store import FINAL_EVENT_STATES, SinkRecord
+from worker.store import FINAL_EVENT_STATES, EventStore, SinkRecord
 
 log = logging.getLogger(__name__)
 
@@ -83,16 +84,17 @@ def plan(rt: Runtime, event: Event, context: JourneyContext) -> tuple[list[str],
 def enrich_event(self: Task, event_id: str) -> None:
     rt = get_runtime()
     store, settings = rt.store, rt.settings
-    event = store.load_event(event_id)
-    if event is None:
+    snapshot = store.snapshot(event_id)
+    if snapshot is None:
         log.warning("event not found; expired or withdrawn", extra={"event_id": event_id})
         return
-    context = store.load_context(event_id)
+    event, context, records = snapshot.event, snapshot.context, snapshot.sinks
     if context is None:
-        if store.get_field(event_id, "state") in ("failed", "dead"):
+        if snapshot.state in ("failed", "dead"):
             return
-        store.set_state(event_id, "enriching")
-        store.add_step(event_id, "fetching", rt.source_class.label)
+        with store.batch() as batch:
+            batch.set_state(event_id, "enriching")
+            batch.add_step(event_id, "fetching", rt.source_class.label)
         try:
             context = fetch_context(rt, event)
         except Throttled as exc:
@@ -128,16 +130,22 @@ def enrich_event(self: Task, event_id: str) -> None:
             log.exception("unexpected error while fetching", extra={"event_id": event_id})
             _give_up_on_source(rt, event_id, "failed", unexpected(exc))
             return
-        store.save_context(event_id, context)
-        store.add_step(
-            event_id,
-            "journey_found" if context.found else "journey_not_found",
-            context.missing_reason,
-        )
-        if not context.found and context.missing_reason:
-            # The sinks may still post a "no journey" note; the event says why there is none.
-            store.set_state(event_id, "enriching", context.missing_reason)
-    fan_out(rt, event, context)
+        # The journey is fetched once: a task run again after this finds it and skips ahead.
+        with store.batch() as batch:
+            batch.save_context(event_id, context)
+            batch.add_step(
+                event_id,
+                "journey_found" if context.found else "journey_not_found",
+                context.missing_reason,
+            )
+            if not context.found and context.missing_reason:
+                # The sinks may still post a "no journey" note; the event says why there is none.
+                batch.set_state(event_id, "enriching", context.missing_reason)
+            records = _plan(rt, batch, event, context)
+    elif not records:
+        with store.batch() as batch:
+            records = _plan(rt, batch, event, context)
+    fan_out(rt, event, context, records)
 
 
 def unexpected(exc: Exception) -> str:
@@ -145,95 +153,154 @@ def unexpected(exc: Exception) -> str:
 
 
 def _give_up_on_source(rt: Runtime, event_id: str, state: Any, reason: str) -> None:
-    rt.store.set_state(event_id, state, reason)
-    rt.store.add_step(event_id, state, reason)
     attempts = int(rt.store.get_field(event_id, "source_attempts") or 0)
-    rt.store.add_dead_letter(event_id, None, reason, attempts)
+    with rt.store.batch() as batch:
+        batch.set_state(event_id, state, reason)
+        batch.add_step(event_id, state, reason)
+        batch.add_dead_letter(event_id, None, reason, attempts)
     log.warning("event %s", state, extra={"event_id": event_id, "reason": reason})
 
 
-def fan_out(rt: Runtime, event: Event, context: JourneyContext) -> None:
-    """Plan the sinks once and queue one delivery task for each that is not done."""
+def _plan(
+    rt: Runtime, batch: EventStore, event: Event, context: JourneyContext
+) -> dict[str, SinkRecord]:
+    """Write each sink's first record (a record already there is kept, see ``plan_sinks``)
+    into ``batch``; return the records as planned."""
     planned, skipped = plan(rt, event, context)
-    rt.store.plan_sinks(event.id, planned, skipped)
-    records = rt.store.sink_records(event.id)
-    if not records:
-        rt.store.set_state(event.id, "delivered", "no sink is configured")
-        rt.store.add_step(event.id, "delivered", "no sink is configured")
-        return
+    batch.plan_sinks(event.id, planned, skipped)
     for name, reason in skipped.items():
-        rt.store.add_step(event.id, "sink_skipped", reason, sink=name)
-    pending = [name for name, record in records.items() if not record.terminal]
-    for name in pending:
-        deliver_to_sink.apply_async((event.id, name), queue=rt.settings.celery_queue)
-    if not pending:
-        _finish(rt, event.id)
+        batch.add_step(event.id, "sink_skipped", reason, sink=name)
+    records = {name: SinkRecord() for name in planned}
+    records |= {name: SinkRecord(state="skipped", reason=r) for name, r in skipped.items()}
+    return records
+
+
+def fan_out(
+    rt: Runtime, event: Event, context: JourneyContext, records: dict[str, SinkRecord]
+) -> None:
+    """Deliver to each sink not done yet, one after the other, in this task.
+
+    Inline rather than one task per sink: a task hop costs the worker more CPU than the
+    delivery itself. A sink that must be tried again gets a ``deliver_to_sink`` task of its
+    own, so its retries never hold up or repeat the others. ``records`` may be stale (another
+    worker may be on the same event): ``deliver`` reads the record again under the lock.
+    """
+    if not records:
+        with rt.store.batch() as batch:
+            batch.set_state(event.id, "delivered", "no sink is configured")
+            batch.add_step(event.id, "delivered", "no sink is configured")
+        return
+    retrying = False
+    for name, record in records.items():
+        if record.terminal:
+            continue
+        countdown = deliver(rt, event, context, name)
+        if countdown is not None:
+            deliver_to_sink.apply_async(
+                (event.id, name), countdown=max(0.05, countdown), queue=rt.settings.celery_queue
+            )
+            retrying = True
+    if not retrying:
+        rt.store.refresh_state(event.id)
 
 
 # Delivering ------------------------------------------------------------------------------
+
+# Seconds before trying a pair again that another worker is delivering right now.
+LOCKED_RETRY_SECONDS = 2.0
 
 
 @app.task(
     bind=True, name="visitor_enrich.deliver_to_sink", acks_late=True, reject_on_worker_lost=True
 )
 def deliver_to_sink(self: Task, event_id: str, sink_name: str) -> None:
+    """One sink's retry (or replay): the first attempt is made inline by ``enrich_event``."""
     rt = get_runtime()
-    store, settings = rt.store, rt.settings
-    record = store.sink_record(event_id, sink_name)
-    if record is None or record.terminal:
+    store = rt.store
+    snapshot = store.snapshot(event_id)
+    record = snapshot.sinks.get(sink_name) if snapshot else None
+    if snapshot is None or record is None or record.terminal:
         return
-    sink = rt.sinks.get(sink_name)
-    event = store.load_event(event_id)
-    context = store.load_context(event_id)
-    if sink is None or event is None or context is None:
-        reason = (
-            f"sink {sink_name} is not configured on this worker"
-            if sink is None
-            else "event data expired"
-        )
+    if snapshot.context is None:
+        reason = "event data expired"
         store.save_sink(
             event_id, sink_name, record.model_copy(update={"state": "failed", "reason": reason})
         )
-        _finish(rt, event_id)
+        store.refresh_state(event_id)
         return
-    # The lock outlives no task: a task still running after the visibility timeout is handed
-    # to another worker anyway, and a worker killed mid-call must not block its successor long.
-    lock_ttl = settings.broker_visibility_timeout
-    with store.sink_lock(event_id, sink_name, lock_ttl) as locked:
-        if not locked:
-            # Another worker is delivering this pair right now (a duplicate delivery).
-            raise _reschedule(self, 2.0)
-        record = store.sink_record(event_id, sink_name) or record
-        if record.terminal:
-            return
-        countdown = _attempt(rt, sink, event, context, record)
+    countdown = deliver(rt, snapshot.event, snapshot.context, sink_name)
     if countdown is None:
-        _finish(rt, event_id)
+        store.refresh_state(event_id)
     else:
         raise _reschedule(self, countdown)
 
 
-def _attempt(
+def deliver(rt: Runtime, event: Event, context: JourneyContext, sink_name: str) -> float | None:
+    """Claim the (event, sink) pair, make one attempt and record what it ended with;
+    returns a countdown when the pair must be tried again, else None."""
+    store = rt.store
+    # The lock outlives no task: a task still running after the visibility timeout is handed
+    # to another worker anyway, and a worker killed mid-call must not block its successor long.
+    claim = store.claim_sink(event.id, sink_name, rt.settings.broker_visibility_timeout)
+    if claim is None:
+        # Another worker is delivering this pair right now (a duplicate delivery).
+        return LOCKED_RETRY_SECONDS
+    try:
+        record, sink = claim.record, rt.sinks.get(sink_name)
+        if record is None or record.terminal:
+            store.release_sink(claim)
+            return None
+        if sink is None:
+            reason = f"sink {sink_name} is not configured on this worker"
+            outcome = _failed(record, "failed", reason, {"event_id": event.id, "sink": sink_name})
+        else:
+            outcome = attempt_delivery(rt, sink, event, context, record)
+    except BaseException:
+        store.release_sink(claim)
+        raise
+    with store.batch() as batch:
+        outcome.write(batch, event.id, sink_name)
+        batch.release_sink(claim)
+    return outcome.countdown
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one delivery attempt ended with: the sink's new record, the step that tells
+    about it, whether it is a dead letter, and the countdown to the next try (None: done)."""
+
+    record: SinkRecord
+    step: str | None
+    detail: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    dead_letter: bool = False
+    countdown: float | None = None
+
+    def write(self, store: EventStore, event_id: str, sink: str) -> None:
+        store.save_sink(event_id, sink, self.record)
+        if self.step is not None:
+            store.add_step(event_id, self.step, self.detail, sink=sink, **self.extra)
+        if self.dead_letter:
+            store.add_dead_letter(event_id, sink, self.record.reason or "", self.record.attempts)
+
+
+def attempt_delivery(
     rt: Runtime, sink: Sink, event: Event, context: JourneyContext, record: SinkRecord
-) -> float | None:
-    """One delivery attempt; returns a countdown when it must be retried, else None."""
+) -> Outcome:
+    """One delivery attempt, with ``record`` read under the pair's lock. The ``posting``
+    record is written before the call; the outcome is for the caller to write."""
     store, settings = rt.store, rt.settings
     extra = {"event_id": event.id, "sink": sink.name, "attempt": record.attempts + 1}
     before = record
     try:
         if record.state == "posting" and sink.already_delivered(event):
-            store.save_sink(
-                event.id,
-                sink.name,
-                record.model_copy(
-                    update={"state": "delivered", "reason": "found in the sink after a restart"}
-                ),
-            )
-            store.add_step(
-                event.id, "sink_delivered", "found in the sink after a restart", sink=sink.name
-            )
             log.info("already delivered", extra=extra)
-            return None
+            found = "found in the sink after a restart"
+            return Outcome(
+                record.model_copy(update={"state": "delivered", "reason": found}),
+                "sink_delivered",
+                found,
+            )
         record = record.model_copy(
             update={"state": "posting", "attempts": record.attempts + 1, "reason": None}
         )
@@ -241,46 +308,38 @@ def _attempt(
         result = sink.deliver(event, context)
     except Throttled as exc:
         # Nothing was sent: back to the state before this attempt, without using one up.
-        store.save_sink(event.id, sink.name, before.model_copy(update={"reason": str(exc)}))
-        return min(exc.retry_after, settings.max_countdown)
+        countdown = min(exc.retry_after, settings.max_countdown)
+        return Outcome(before.model_copy(update={"reason": str(exc)}), None, countdown=countdown)
     except UpstreamError as exc:
         if not exc.retryable:
-            _fail(rt, event.id, sink.name, record, "failed", str(exc))
-            return None
+            return _failed(record, "failed", str(exc), extra)
         if record.attempts > settings.max_retries:
-            _fail(
-                rt, event.id, sink.name, record, "dead", f"{exc} (after {record.attempts} attempts)"
-            )
-            return None
-        state = "posting" if exc.effect_possible else "pending"
-        store.save_sink(
-            event.id, sink.name, record.model_copy(update={"state": state, "reason": str(exc)})
-        )
+            return _failed(record, "dead", f"{exc} (after {record.attempts} attempts)", extra)
         countdown = retry_countdown(record.attempts, exc.retry_after, settings)
-        store.add_step(
-            event.id,
-            "sink_retry",
-            str(exc),
-            sink=sink.name,
-            attempt=record.attempts,
-            countdown=round(countdown, 2),
-        )
         log.info(
             "sink failed, retrying",
             extra={**extra, "countdown": round(countdown, 2), "error": str(exc)},
         )
-        return countdown
+        return Outcome(
+            record.model_copy(
+                update={
+                    "state": "posting" if exc.effect_possible else "pending",
+                    "reason": str(exc),
+                }
+            ),
+            "sink_retry",
+            str(exc),
+            {"attempt": record.attempts, "countdown": round(countdown, 2)},
+            countdown=countdown,
+        )
     except EnrichmentError as exc:
-        _fail(rt, event.id, sink.name, record, "failed", str(exc))
-        return None
+        return _failed(record, "failed", str(exc), extra)
     except Exception as exc:
         # Never leave a sink "posting" forever: record the failure; replay can retry it.
         log.exception("unexpected error while delivering", extra=extra)
-        _fail(rt, event.id, sink.name, record, "failed", unexpected(exc))
-        return None
-    store.save_sink(
-        event.id,
-        sink.name,
+        return _failed(record, "failed", unexpected(exc), extra)
+    log.info("delivered", extra=extra)
+    return Outcome(
         record.model_copy(
             update={
                 "state": "delivered",
@@ -288,25 +347,19 @@ def _attempt(
                 "reason": result.detail,
             }
         ),
+        "sink_delivered",
+        result.detail,
     )
-    store.add_step(event.id, "sink_delivered", result.detail, sink=sink.name)
-    log.info("delivered", extra=extra)
-    return None
 
 
-def _fail(
-    rt: Runtime, event_id: str, sink: str, record: SinkRecord, state: Any, reason: str
-) -> None:
-    rt.store.save_sink(event_id, sink, record.model_copy(update={"state": state, "reason": reason}))
-    rt.store.add_step(event_id, f"sink_{state}", reason, sink=sink)
-    rt.store.add_dead_letter(event_id, sink, reason, record.attempts)
-    log.warning("sink %s", state, extra={"event_id": event_id, "sink": sink, "reason": reason})
-
-
-def _finish(rt: Runtime, event_id: str) -> None:
-    state = rt.store.refresh_state(event_id)
-    if state is not None:
-        rt.store.add_step(event_id, state)
+def _failed(record: SinkRecord, state: Any, reason: str, extra: dict[str, Any]) -> Outcome:
+    log.warning("sink %s", state, extra={**extra, "reason": reason})
+    return Outcome(
+        record.model_copy(update={"state": state, "reason": reason}),
+        f"sink_{state}",
+        reason,
+        dead_letter=True,
+    )
 
 
 # Recovering lost tasks -------------------------------------------------------------------
