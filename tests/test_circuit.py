@@ -66,3 +66,28 @@ def test_before_call_says_whether_a_success_has_a_count_to_reset(prefix: str) ->
     assert not other.record_failure("slack")
     assert not other.record_failure("slack")
     assert not breaker.is_open("slack")
+
+
+def test_the_limiters_grant_checks_the_circuit_in_the_same_round_trip(prefix: str) -> None:
+    from config import Rate
+    from worker.ratelimit import SharedRateLimiter
+
+    client = redis.Redis()
+    breaker = _breaker(prefix, cooldown=0.3)
+    limiter = SharedRateLimiter(client, prefix)
+    rate = Rate(1000, 1)
+    assert limiter.acquire("datafast", rate, max_wait=1, circuit=breaker) is False
+    breaker.record_failure("datafast")
+    assert limiter.acquire("datafast", rate, max_wait=1, circuit=breaker) is True
+    breaker.record_failure("datafast")
+    breaker.record_failure("datafast")  # the third: open
+    log_key = f"{prefix}rate:datafast"
+    granted = client.zcard(log_key)
+    with pytest.raises(Throttled) as caught:
+        limiter.acquire("datafast", rate, max_wait=60, circuit=breaker)
+    assert "circuit open" in str(caught.value) and 0 < caught.value.retry_after <= 0.3
+    assert client.zcard(log_key) == granted  # an open circuit takes no rate slot
+    # Without the breaker the limiter does not look at the circuit.
+    assert limiter.acquire("datafast", rate, max_wait=1) is False
+    time.sleep(0.35)
+    assert limiter.acquire("datafast", rate, max_wait=1, circuit=breaker) is False

@@ -35,28 +35,33 @@ class CircuitBreaker:
         self.window = window
         self.cooldown = cooldown
 
-    def _keys(self, service: str) -> tuple[str, str]:
+    def keys(self, service: str) -> tuple[str, str]:
+        """The failure counter and the open flag of ``service``: the shared rate limiter's
+        script reads both in the same round trip that grants a request (worker/ratelimit.py)."""
         return f"{self._prefix}circuit:{service}:failures", f"{self._prefix}circuit:{service}:open"
+
+    def open_error(self, service: str, remaining_ms: int) -> Throttled:
+        return Throttled(
+            f"circuit open after repeated failures; next try in {remaining_ms / 1000:.1f}s",
+            service=service,
+            retry_after=remaining_ms / 1000,
+        )
 
     def before_call(self, service: str) -> bool:
         """Raise ``Throttled`` while the circuit of ``service`` is open; else say whether
         failures are being counted (only then has a success anything to reset)."""
-        failures_key, open_key = self._keys(service)
+        failures_key, open_key = self.keys(service)
         pipe = self._redis.pipeline(transaction=False)
         pipe.pttl(open_key)
         pipe.exists(failures_key)
         remaining_ms, failures = pipe.execute()
         if remaining_ms and remaining_ms > 0:
-            raise Throttled(
-                f"circuit open after repeated failures; next try in {remaining_ms / 1000:.1f}s",
-                service=service,
-                retry_after=remaining_ms / 1000,
-            )
+            raise self.open_error(service, remaining_ms)
         return bool(failures)
 
     def record_failure(self, service: str) -> bool:
         """Count one failure; True when this one opened the circuit."""
-        failures_key, open_key = self._keys(service)
+        failures_key, open_key = self.keys(service)
         pipe = self._redis.pipeline()
         pipe.incr(failures_key)
         pipe.pexpire(failures_key, int(self.window * 1000), nx=True)
@@ -67,11 +72,12 @@ class CircuitBreaker:
         return False
 
     def record_success(self, service: str, failures_counted: bool = True) -> None:
-        """Reset the failure count; ``failures_counted=False`` (from ``before_call``) skips the
-        round trip when there was nothing to reset, the common case."""
+        """Reset the failure count; ``failures_counted=False`` (from ``before_call`` or the
+        limiter's grant) skips the round trip when there was nothing to reset, the common
+        case."""
         if failures_counted:
-            failures_key, _ = self._keys(service)
+            failures_key, _ = self.keys(service)
             self._redis.delete(failures_key)
 
     def is_open(self, service: str) -> bool:
-        return bool(self._redis.exists(self._keys(service)[1]))
+        return bool(self._redis.exists(self.keys(service)[1]))

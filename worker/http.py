@@ -254,9 +254,8 @@ class ServiceClient:
 
         ``Throttled`` (our limiter, a provider pause or an open circuit) means nothing was sent.
         """
-        failures_counted = self._breaker.before_call(self.service)
         try:
-            response = self._request(
+            response, failures_counted = self._request(
                 method, path, params=params, json_body=json_body, max_wait=max_wait
             )
         except Unavailable:
@@ -274,7 +273,9 @@ class ServiceClient:
         params: dict[str, str] | None,
         json_body: Any,
         max_wait: float | None,
-    ) -> UpstreamResponse:
+    ) -> tuple[UpstreamResponse, bool]:
+        """The response, and whether the circuit breaker was counting failures when the
+        request left (one Redis round trip checks the circuit and takes the rate slot)."""
         wait_limit = self._settings.max_countdown / 2 if max_wait is None else max_wait
         # Everything slow (the process's first use creates the client) happens before the
         # limiter's slot is taken: the limiter stamps the slot when it grants it, so a request
@@ -282,7 +283,9 @@ class ServiceClient:
         request = self.client.build_request(
             method, self.url(path), params=params, json=json_body, headers=self._headers
         )
-        self._limiter.acquire(self.service, self._rate, max_wait=wait_limit)
+        failures_counted = self._limiter.acquire(
+            self.service, self._rate, max_wait=wait_limit, circuit=self._breaker
+        )
         started = time.monotonic()
         try:
             raw, body = self._send(request)
@@ -319,7 +322,7 @@ class ServiceClient:
             },
         )
         self._check(response)
-        return response
+        return response, failures_counted
 
     def _send(self, request: httpx.Request) -> tuple[httpx.Response, bytes]:
         """Send and read the body, refusing one larger than ``RESPONSE_MAX_BYTES``."""

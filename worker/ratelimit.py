@@ -26,13 +26,20 @@ from collections.abc import Callable
 import redis
 
 from config import Rate
+from worker.circuit import CircuitBreaker
 from worker.errors import Throttled
 
 DEFAULT_MARGIN_SECONDS = 0.1
 
-# KEYS[1]: the grant log (sorted set), KEYS[2]: the pause key (value: unix ms until).
-# ARGV: limit, window_ms, member. Returns {0, 0} when granted, else {1, wait_ms}.
+# KEYS[1]: the grant log (sorted set), KEYS[2]: the pause key (value: unix ms until), and
+# with a circuit breaker KEYS[3]: its open flag, KEYS[4]: its failure counter.
+# ARGV: limit, window_ms, member. Returns {0, 0, failures counted (0/1)} when granted,
+# {1, wait_ms} while held by the limit or a pause, {2, ms left} while the circuit is open.
 _ACQUIRE = """
+if #KEYS > 2 then
+  local open = redis.call('PTTL', KEYS[3])
+  if open > 0 then return {2, open} end
+end
 local now_t = redis.call('TIME')
 local now = tonumber(now_t[1]) * 1000 + math.floor(tonumber(now_t[2]) / 1000)
 local paused = tonumber(redis.call('GET', KEYS[2]) or '0')
@@ -43,7 +50,9 @@ redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
 if redis.call('ZCARD', KEYS[1]) < limit then
   redis.call('ZADD', KEYS[1], now, ARGV[3])
   redis.call('PEXPIRE', KEYS[1], window + 1000)
-  return {0, 0}
+  local failures = 0
+  if #KEYS > 3 then failures = redis.call('EXISTS', KEYS[4]) end
+  return {0, 0, failures}
 end
 local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 return {1, math.max(1, tonumber(oldest[2]) + window - now)}
@@ -103,22 +112,41 @@ class SharedRateLimiter:
         """Seconds left on a pause of ``service`` (0 when none)."""
         return int(self._remaining(keys=[self._pause_key(service)])) / 1000
 
+    def _try(self, service: str, rate: Rate, circuit: CircuitBreaker | None) -> list[int]:
+        window_ms = int((rate.seconds + self.margin) * 1000)
+        keys = [self._log_key(service), self._pause_key(service)]
+        if circuit is not None:
+            failures_key, open_key = circuit.keys(service)
+            keys += [open_key, failures_key]
+        reply = self._acquire(keys=keys, args=[rate.amount, window_ms, uuid.uuid4().hex])
+        return [int(v) for v in reply]
+
     def try_acquire(self, service: str, rate: Rate) -> float:
         """Take one slot now if there is one: 0.0 when granted, else seconds to wait."""
-        window_ms = int((rate.seconds + self.margin) * 1000)
-        granted, wait_ms = self._acquire(
-            keys=[self._log_key(service), self._pause_key(service)],
-            args=[rate.amount, window_ms, uuid.uuid4().hex],
-        )
-        return 0.0 if int(granted) == 0 else int(wait_ms) / 1000
+        code, wait_ms, *_ = self._try(service, rate, None)
+        return 0.0 if code == 0 else wait_ms / 1000
 
-    def acquire(self, service: str, rate: Rate, *, max_wait: float) -> None:
-        """Block until one request to ``service`` may leave, or raise ``Throttled``."""
+    def acquire(
+        self,
+        service: str,
+        rate: Rate,
+        *,
+        max_wait: float,
+        circuit: CircuitBreaker | None = None,
+    ) -> bool:
+        """Block until one request to ``service`` may leave, or raise ``Throttled``.
+
+        With ``circuit``, its open flag is checked in the same round trip (an open circuit
+        raises at once); returns whether that circuit is counting failures, so a success
+        knows whether it has a count to reset."""
         deadline = time.monotonic() + max_wait
         while True:
-            wait = self.try_acquire(service, rate)
-            if wait <= 0:
-                return
+            code, wait_ms, *rest = self._try(service, rate, circuit)
+            if code == 0:
+                return bool(rest and rest[0])
+            if code == 2 and circuit is not None:
+                raise circuit.open_error(service, wait_ms)
+            wait = wait_ms / 1000
             if time.monotonic() + wait > deadline:
                 raise Throttled(
                     f"held by the shared rate limit ({rate}) for {wait:.1f}s",
