@@ -55,12 +55,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--quota", type=int, help="provider quota Q, req/s (default 20)")
     parser.add_argument("--latency", type=float, help="provider latency, s (default 0.1)")
-    parser.add_argument("--concurrency", type=int, help="worker threads (default 16)")
+    parser.add_argument("--concurrency", type=int, help="worker threads (default 32)")
     parser.add_argument(
         "--quota-concurrency", type=int, help="threads per worker in quota (default 8)"
     )
     parser.add_argument("--workers", help="worker processes in quota (default 1,2,4)")
-    parser.add_argument("--naive-workers", help="worker processes of ours in naive (default 1,2)")
+    parser.add_argument(
+        "--naive-workers", help="worker processes of ours in naive (default: 1 and the CPU count)"
+    )
     parser.add_argument(
         "--no-quota-headroom",
         action="store_true",

@@ -92,7 +92,7 @@ def _start_private_redis(data_dir: Path) -> subprocess.Popen[bytes]:
 def serve(
     host: Annotated[str, typer.Option(help="Address the web app listens on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port of the web app.")] = 8000,
-    concurrency: Annotated[int, typer.Option(help="Worker threads.")] = 16,
+    concurrency: Annotated[int, typer.Option(help="Worker threads.")] = 32,
     beat: Annotated[bool, typer.Option(help="Also run the scheduler (realtime alerts).")] = True,
 ) -> None:
     """Run web, worker and beat together (local use). Starts Redis if none answers."""
