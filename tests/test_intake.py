@@ -183,3 +183,19 @@ def test_an_event_recorded_without_its_task_is_queued_by_the_retry(
     assert asyncio.run(intake.accept(_event("evt_orphan"))) is True
     assert asyncio.run(intake.accept(_event("evt_orphan"))) is False
     assert _queued_ids(redis_client, queue) == ["evt_orphan"]
+
+
+def test_the_web_processs_redis_client_packs_commands_as_redis_py_does() -> None:
+    import redis.asyncio
+
+    from worker.runtime import HiredisPackingConnection, async_redis_client
+
+    client = async_redis_client(REDIS_URL)
+    assert client.connection_pool.connection_class is HiredisPackingConnection
+    args = ("EVALSHA", "f" * 40, 2, "k:1", "k:2", 1795447386.2471237, 0.1, 7, b"\x00\xff", "ü")
+    ours = b"".join(HiredisPackingConnection().pack_command(*args))
+    theirs = b"".join(redis.asyncio.Connection().pack_command(*args))
+    assert ours == theirs
+    assert HiredisPackingConnection().pack_command("SCRIPT LOAD", "return 1") == [
+        b"*3\r\n$6\r\nSCRIPT\r\n$4\r\nLOAD\r\n$8\r\nreturn 1\r\n"
+    ]

@@ -228,6 +228,17 @@ def test_streamed_body_over_64_kib_is_413(client: TestClient, queued: Callable[[
     assert queued() == 0
 
 
+def test_streamed_body_in_several_pieces_is_read_whole(
+    client: TestClient, queued: Callable[[], int]
+) -> None:
+    body = json.dumps(ticket(cookie="theme=" + "n" * 15_000)).encode()
+    chunks = [body[i : i + 4096] for i in range(0, len(body), 4096)]
+    assert len(chunks) > 1
+    response = client.post("/v1/events", content=iter(chunks), headers=sign(body, msg_id=new_id()))
+    assert response.status_code == 202, response.text
+    assert queued() == 1
+
+
 def test_body_at_the_limit_is_not_413(client: TestClient, queued: Callable[[], int]) -> None:
     base = json.dumps(ticket(name="")).encode()
     payload = ticket(name="z" * (64 * 1024 - len(base)))
