@@ -442,3 +442,10 @@ def test_the_event_route_is_documented(client: TestClient) -> None:
     assert set(operation["responses"]) >= {"200", "202", "400", "401", "413", "422", "503"}
     body = operation["requestBody"]["content"]["application/json"]["schema"]
     assert "datafast_visitor_id" in body["properties"]
+
+
+def test_header_map_lower_cases_names_and_keeps_the_first_of_repeated_headers() -> None:
+    from worker.web import header_map
+
+    scope = {"headers": [(b"Webhook-Id", b"first"), (b"webhook-id", b"second"), (b"x-a", b"\xe9")]}
+    assert header_map(scope) == {"webhook-id": "first", "x-a": "é"}

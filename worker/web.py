@@ -113,6 +113,15 @@ async def read_body(request: Request, limit: int) -> bytes:
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
+def header_map(scope: Scope) -> dict[str, str]:
+    """The request's headers by lower-case name, the first of repeated ones winning, as
+    Starlette's ``Headers.get`` does; built once, where each ``Headers.get`` scans them all."""
+    return {
+        name.decode("latin-1").lower(): value.decode("latin-1")
+        for name, value in reversed(scope["headers"])
+    }
+
+
 def signature_check(settings: Settings) -> Callable[[bytes, Mapping[str, str]], None]:
     """The inbound signature check for these settings: raises ApiError(401) on a bad one."""
     secret = settings.webhook_secret
@@ -251,14 +260,15 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
 
     async def post_event(request: Request) -> Response:
         body = await read_body(request, settings.max_body_bytes)
-        check_signature(body, request.headers)
+        headers = header_map(request.scope)
+        check_signature(body, headers)
         payload = decode_json(body)
         try:
             event = parse_event(
                 payload,
-                header_id=request.headers.get("webhook-id"),
+                header_id=headers.get("webhook-id"),
                 require_uuid=require_uuid,
-                fallback_id=None if "webhook-id" in request.headers else f"evt_{uuid.uuid4().hex}",
+                fallback_id=None if "webhook-id" in headers else f"evt_{uuid.uuid4().hex}",
             )
         except EventRejected as exc:
             raise ApiError(exc.status_code, exc.message) from None
