@@ -635,8 +635,8 @@ def quota(ctx: Context) -> ScenarioResult:
                     else ""
                 ),
                 f"{run['ratio']:.3f} Q",
-                "(workaround)" if headroom else ">= 0.9 Q, 0 x 429",
-                bool(held),
+                "(information)" if headroom else ">= 0.9 Q, 0 x 429",
+                None if headroom else bool(held),
             )
         )
     return result
