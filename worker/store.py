@@ -312,10 +312,6 @@ class EventStore:
         with self._commands() as pipe:
             pipe.hset(self._event_key(event_id), "context", context.model_dump_json())
 
-    def load_context(self, event_id: str) -> JourneyContext | None:
-        raw = self.redis.hget(self._event_key(event_id), "context")
-        return JourneyContext.model_validate_json(raw) if raw else None
-
     # Sinks -------------------------------------------------------------------------------
 
     def plan_sinks(self, event_id: str, planned: list[str], skipped: dict[str, str]) -> None:
