@@ -1,4 +1,5 @@
-"""The circuit breaker, shared through real Redis by two 'workers' (two clients)."""
+"""The circuit breaker, shared through real Redis by two 'workers' (two clients). Requests
+check it where they take their rate-limit slot (``SharedRateLimiter.acquire``), as here."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ from collections.abc import Iterator
 import pytest
 import redis
 
+from config import Rate
 from worker.circuit import CircuitBreaker
 from worker.errors import Throttled
+from worker.ratelimit import SharedRateLimiter
 
 
 @pytest.fixture
@@ -27,18 +30,25 @@ def _breaker(prefix: str, cooldown: float = 0.5) -> CircuitBreaker:
     return CircuitBreaker(redis.Redis(), prefix, threshold=3, window=10, cooldown=cooldown)
 
 
+def _before_call(breaker: CircuitBreaker, service: str) -> bool:
+    """What a request does before it leaves: take a slot, raising while the circuit is open;
+    True when failures are being counted."""
+    limiter = SharedRateLimiter(redis.Redis(), breaker._prefix)
+    return limiter.acquire(service, Rate(1000, 1), max_wait=1, circuit=breaker)
+
+
 def test_opens_after_threshold_failures_across_workers(prefix: str) -> None:
     one, two = _breaker(prefix), _breaker(prefix)
     assert not one.record_failure("datafast")
     assert not two.record_failure("datafast")
-    one.before_call("datafast")  # still closed
+    _before_call(one, "datafast")  # still closed
     assert two.record_failure("datafast")  # the third failure, from either worker, opens it
     for breaker in (one, two):
         with pytest.raises(Throttled) as caught:
-            breaker.before_call("datafast")
+            _before_call(breaker, "datafast")
         assert 0 < caught.value.retry_after <= 0.5
     # Other services are not affected.
-    one.before_call("zendesk")
+    _before_call(one, "zendesk")
 
 
 def test_closes_after_cooldown_and_success_resets_the_count(prefix: str) -> None:
@@ -47,21 +57,21 @@ def test_closes_after_cooldown_and_success_resets_the_count(prefix: str) -> None
         breaker.record_failure("hubspot")
     assert breaker.is_open("hubspot")
     time.sleep(0.3)
-    breaker.before_call("hubspot")  # the probe may go
+    _before_call(breaker, "hubspot")  # the probe may go
     breaker.record_success("hubspot")
     assert not breaker.record_failure("hubspot")
     assert not breaker.record_failure("hubspot")
     assert not breaker.is_open("hubspot")
 
 
-def test_before_call_says_whether_a_success_has_a_count_to_reset(prefix: str) -> None:
+def test_the_grant_says_whether_a_success_has_a_count_to_reset(prefix: str) -> None:
     breaker, other = _breaker(prefix), _breaker(prefix)
-    assert breaker.before_call("slack") is False
+    assert _before_call(breaker, "slack") is False
     other.record_failure("slack")  # counted by another worker
-    counted = breaker.before_call("slack")
+    counted = _before_call(breaker, "slack")
     assert counted is True
     breaker.record_success("slack", counted)
-    assert breaker.before_call("slack") is False
+    assert _before_call(breaker, "slack") is False
     # Two more failures no longer open it: the success reset the shared count.
     assert not other.record_failure("slack")
     assert not other.record_failure("slack")
@@ -69,9 +79,6 @@ def test_before_call_says_whether_a_success_has_a_count_to_reset(prefix: str) ->
 
 
 def test_the_limiters_grant_checks_the_circuit_in_the_same_round_trip(prefix: str) -> None:
-    from config import Rate
-    from worker.ratelimit import SharedRateLimiter
-
     client = redis.Redis()
     breaker = _breaker(prefix, cooldown=0.3)
     limiter = SharedRateLimiter(client, prefix)

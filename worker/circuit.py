@@ -47,18 +47,6 @@ class CircuitBreaker:
             retry_after=remaining_ms / 1000,
         )
 
-    def before_call(self, service: str) -> bool:
-        """Raise ``Throttled`` while the circuit of ``service`` is open; else say whether
-        failures are being counted (only then has a success anything to reset)."""
-        failures_key, open_key = self.keys(service)
-        pipe = self._redis.pipeline(transaction=False)
-        pipe.pttl(open_key)
-        pipe.exists(failures_key)
-        remaining_ms, failures = pipe.execute()
-        if remaining_ms and remaining_ms > 0:
-            raise self.open_error(service, remaining_ms)
-        return bool(failures)
-
     def record_failure(self, service: str) -> bool:
         """Count one failure; True when this one opened the circuit."""
         failures_key, open_key = self.keys(service)
@@ -72,9 +60,8 @@ class CircuitBreaker:
         return False
 
     def record_success(self, service: str, failures_counted: bool = True) -> None:
-        """Reset the failure count; ``failures_counted=False`` (from ``before_call`` or the
-        limiter's grant) skips the round trip when there was nothing to reset, the common
-        case."""
+        """Reset the failure count; ``failures_counted=False`` (from the limiter's grant)
+        skips the round trip when there was nothing to reset, the common case."""
         if failures_counted:
             failures_key, _ = self.keys(service)
             self._redis.delete(failures_key)
