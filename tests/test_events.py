@@ -93,6 +93,10 @@ def test_is_uuid_accepts(value: str) -> None:
         "urn:uuid:" + VID,
         "12345",
         f"{VID}; drop table",
+        VID + "\n",
+        # hyphens out of their places, and digits that are not ASCII
+        VID.replace("-", "")[:10] + "-" + VID.replace("-", "")[10:] + "---",
+        "\u0663" * 8 + VID[8:],
     ],
 )
 def test_is_uuid_refuses(value: str) -> None:

@@ -15,7 +15,7 @@ import redis
 from harness import REDIS_URL
 
 from worker.events import Event
-from worker.intake import ENRICH_EVENT_TASK, EventIntake, task_message
+from worker.intake import ENRICH_EVENT_TASK, EventIntake, TaskMessageTemplate, task_message
 from worker.store import EventStore
 
 VID = "a3ab2331-989f-4cfa-91c6-2461c9e3c6bd"
@@ -67,6 +67,33 @@ def test_task_message_is_what_apply_async_writes(
     assert other["properties"]["delivery_tag"] != ours["properties"]["delivery_tag"]
 
 
+@pytest.mark.parametrize(
+    "event_id",
+    ["evt_1", 'a "quoted" \\ id', "caf\u00e9 \u2028 \U0001f600", "{0} {braces} }{", "x" * 200],
+)
+@pytest.mark.parametrize("queue", ["visitor-enrich", 'q "odd" {0}'])
+def test_the_template_writes_what_the_full_render_writes(event_id: str, queue: str) -> None:
+    template = TaskMessageTemplate(ENRICH_EVENT_TASK, queue)
+    ours = json.loads(template.render(event_id))
+    full = json.loads(task_message(ENRICH_EVENT_TASK, (event_id,), queue))
+    assert json.loads(base64.b64decode(ours["body"])) == [
+        [event_id],
+        {},
+        json.loads(base64.b64decode(full["body"]))[2],
+    ]
+    assert ours["headers"]["argsrepr"] == repr((event_id,))
+    assert ours["headers"]["id"] == ours["headers"]["root_id"]
+    assert ours["headers"]["id"] == ours["properties"]["correlation_id"]
+    assert ours["headers"]["id"] != ours["properties"]["delivery_tag"]
+    for message in (ours, full):
+        for part, names in {**PER_MESSAGE, "": {"body"}}.items():
+            for name in names:
+                (message[part] if part else message).pop(name)
+    assert ours == full
+    other = json.loads(template.render(event_id))
+    assert other["headers"]["id"] != json.loads(template.render(event_id))["headers"]["id"]
+
+
 def test_message_ids_are_version_4_uuids_and_differ() -> None:
     ids = [
         json.loads(task_message(ENRICH_EVENT_TASK, ("e",), "q"))["headers"]["id"]
@@ -79,9 +106,9 @@ def test_message_ids_are_version_4_uuids_and_differ() -> None:
         assert parsed.version == 4 and parsed.variant == uuid.RFC_4122
 
 
-def _intake(prefix: str, queue: str, url: str = REDIS_URL) -> EventIntake:
+def _intake(prefix: str, queue: str, url: str = REDIS_URL, **options: Any) -> EventIntake:
     store = EventStore(redis.Redis.from_url(url), prefix, retention_seconds=600)
-    return EventIntake(store, url, ENRICH_EVENT_TASK, queue)
+    return EventIntake(store, url, ENRICH_EVENT_TASK, queue, **options)
 
 
 def _queued_ids(redis_client: redis.Redis, queue: str) -> list[str]:
@@ -105,7 +132,7 @@ def test_concurrent_events_share_round_trips_and_each_is_queued_once(
         script = state.script
 
         async def counted(*, keys: list[str], args: list[Any]) -> Any:
-            calls.append((len(keys) - 2) // 2)
+            calls.append(len(keys) - 2)
             return await script(keys=keys, args=args)
 
         state.script = counted
@@ -126,10 +153,56 @@ def test_concurrent_events_share_round_trips_and_each_is_queued_once(
         fields = redis_client.hgetall(f"{prefix}event:{event_id}")
         assert fields[b"state"] == b"queued"
         assert Event.model_validate_json(fields[b"event"]).id == event_id
-        steps = redis_client.lrange(f"{prefix}event:{event_id}:steps", 0, -1)
-        assert json.loads(steps[0])["step"] == "accepted"
+        # No steps list yet: "accepted" is the event's creation, shown first by describe.
+        assert not redis_client.exists(f"{prefix}event:{event_id}:steps")
+        described = EventStore(redis_client, prefix, 600).describe(event_id)
+        assert described is not None
+        assert described["steps"] == [
+            {"at": fields[b"created_at"].decode(), "step": "accepted", "detail": "signup"}
+        ]
         assert redis_client.ttl(f"{prefix}event:{event_id}") > 0
     assert redis_client.zcard(f"{prefix}inflight") == 270
+
+
+@pytest.mark.parametrize("max_in_flight", [1, 2, 3])
+def test_script_calls_in_flight_are_capped(
+    redis_client: redis.Redis, isolation: tuple[str, str], max_in_flight: int
+) -> None:
+    """While calls are under way, further events wait for a free call (and share it)."""
+    prefix, queue = isolation
+    intake = _intake(prefix, queue, max_in_flight=max_in_flight)
+    in_flight, most, sizes = 0, 0, []
+
+    async def run() -> list[bool]:
+        nonlocal in_flight, most
+        state = intake._loop_state()
+        script = state.script
+
+        async def slow(*, keys: list[str], args: list[Any]) -> Any:
+            nonlocal in_flight, most
+            in_flight += 1
+            most = max(most, in_flight)
+            sizes.append(len(keys) - 2)
+            try:
+                await asyncio.sleep(0.02)  # a slow Redis: events keep arriving meanwhile
+                return await script(keys=keys, args=args)
+            finally:
+                in_flight -= 1
+
+        state.script = slow
+
+        async def send(n: int) -> bool:
+            await asyncio.sleep(n * 0.001)
+            return await intake.accept(_event(f"evt_{n}"))
+
+        results = await asyncio.gather(*(send(n) for n in range(200)))
+        await intake.aclose()
+        return list(results)
+
+    assert asyncio.run(run()) == [True] * 200
+    assert most == max_in_flight
+    assert sum(sizes) == 200 and max(sizes) > 1
+    assert sorted(_queued_ids(redis_client, queue)) == sorted(f"evt_{n}" for n in range(200))
 
 
 def test_redis_gone_fails_every_waiting_request(isolation: tuple[str, str]) -> None:

