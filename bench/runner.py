@@ -68,7 +68,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="skip the extra quota run with DATAFAST_RATE_LIMIT = Q - 1",
     )
-    parser.add_argument("--levels", help="ingest concurrency levels (default 1,8,32,64)")
+    parser.add_argument("--levels", help="ingest concurrency levels (default 1,8,32,64,128)")
     parser.add_argument("--ingest-seconds", type=float, help="seconds per ingest level")
     parser.add_argument("--web-workers", type=int, help="uvicorn processes for ingest (1)")
     parser.add_argument("--queue-events", type=int, help="events for queue overhead (200)")

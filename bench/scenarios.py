@@ -40,7 +40,7 @@ class Options:
     # judged on the second.
     naive_workers: tuple[int, ...] = tuple(sorted({1, os.cpu_count() or 1}))
     quota_headroom: bool = True
-    ingest_levels: tuple[int, ...] = (1, 8, 32, 64)
+    ingest_levels: tuple[int, ...] = (1, 8, 32, 64, 128)
     ingest_seconds: float = 3.0
     web_workers: int = 1
     queue_events: int = 200

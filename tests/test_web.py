@@ -449,3 +449,27 @@ def test_header_map_lower_cases_names_and_keeps_the_first_of_repeated_headers() 
 
     scope = {"headers": [(b"Webhook-Id", b"first"), (b"webhook-id", b"second"), (b"x-a", b"\xe9")]}
     assert header_map(scope) == {"webhook-id": "first", "x-a": "é"}
+
+
+def test_the_web_process_settles_the_garbage_collector_once_started(
+    isolation: tuple[str, str], redis_server: str
+) -> None:
+    import gc
+
+    from worker.runtime import GC_YOUNG_THRESHOLD
+
+    prefix, queue = isolation
+    threshold = gc.get_threshold()
+    gc.unfreeze()
+    try:
+        app = create_app(make_settings(prefix, queue))
+        assert gc.get_freeze_count() == 0  # building the app settles nothing yet
+        with TestClient(app) as started:
+            assert started.get("/healthz").status_code == 200
+            # What start-up built is out of the collector's sight, and the young
+            # generation is collected less often; the older ones keep their thresholds.
+            assert gc.get_freeze_count() > 10_000
+            assert gc.get_threshold() == (GC_YOUNG_THRESHOLD, *threshold[1:])
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*threshold)

@@ -14,6 +14,7 @@ from celery.signals import after_setup_logger, worker_process_init, worker_ready
 
 from config import Settings, get_settings
 from worker.observability import configure_logging, init_sentry, scrub_logging_handlers
+from worker.runtime import settle_garbage_collector
 
 
 def create_celery(settings: Settings) -> Celery:
@@ -103,3 +104,4 @@ def _init_process(**_: Any) -> None:
 def _ready(**_: Any) -> None:
     init_sentry(settings, component="worker")
     scrub_logging_handlers(settings)
+    settle_garbage_collector()

@@ -30,7 +30,7 @@ from worker import __version__
 from worker.events import Event, EventRejected, InboundEvent, parse_event
 from worker.intake import ENRICH_EVENT_TASK, EventIntake
 from worker.observability import configure_logging, init_sentry
-from worker.runtime import Runtime, build_runtime
+from worker.runtime import Runtime, build_runtime, settle_garbage_collector
 from worker.signature import SignatureCheck, SignatureError
 
 log = logging.getLogger(__name__)
@@ -246,6 +246,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        settle_garbage_collector()
         yield
         await intake.aclose()
 
