@@ -205,6 +205,22 @@ def test_script_calls_in_flight_are_capped(
     assert sorted(_queued_ids(redis_client, queue)) == sorted(f"evt_{n}" for n in range(200))
 
 
+def test_an_event_stored_with_its_accepted_step_shows_it_once(
+    redis_client: redis.Redis, isolation: tuple[str, str]
+) -> None:
+    """Events accepted before the script stopped writing the step keep theirs, shown once."""
+    prefix, _ = isolation
+    store = EventStore(redis_client, prefix, retention_seconds=600)
+    assert store.accept(_event("evt_old")) is True
+    old_step = {"at": "2026-11-30T10:00:00.000Z", "step": "accepted", "detail": "signup"}
+    redis_client.rpush(f"{prefix}event:evt_old:steps", json.dumps(old_step))
+    store.add_step("evt_old", "fetching", "DataFast")
+    described = store.describe("evt_old")
+    assert described is not None
+    assert [s["step"] for s in described["steps"]] == ["accepted", "fetching"]
+    assert described["steps"][0] == old_step
+
+
 def test_redis_gone_fails_every_waiting_request(isolation: tuple[str, str]) -> None:
     prefix, queue = isolation
     intake = _intake(prefix, queue, url="redis://127.0.0.1:1/0")

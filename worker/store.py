@@ -387,8 +387,16 @@ class EventStore:
             return None
         data = {_text(k): _text(v) for k, v in fields.items()}
         event = json.loads(data["event"])
+        stored = [json.loads(s) for s in steps]
         # The accept script records no "accepted" step (see there): it is the event's creation.
-        accepted = {"at": data.get("created_at"), "step": "accepted", "detail": event.get("type")}
+        # An event accepted by an earlier version has it stored already.
+        if not (stored and stored[0].get("step") == "accepted"):
+            accepted = {
+                "at": data.get("created_at"),
+                "step": "accepted",
+                "detail": event.get("type"),
+            }
+            stored.insert(0, accepted)
         context = json.loads(data["context"]) if data.get("context") else None
         return {
             "eventId": event_id,
@@ -408,7 +416,7 @@ class EventStore:
                 )
                 for name, raw in sinks.items()
             },
-            "steps": [accepted, *(json.loads(s) for s in steps)],
+            "steps": stored,
         }
 
     # Dead letters ------------------------------------------------------------------------
