@@ -107,14 +107,13 @@ for i = 1, #KEYS - 2 do
       created[i] = 1
     end
   else
+    local fields = {'event', ARGV[a + 1], 'state', 'queued', 'created_at', now, 'updated_at', now}
     if message ~= '' then
       redis.call('LPUSH', KEYS[2], message)
-      redis.call('HSET', event_key, 'event', ARGV[a + 1], 'state', 'queued',
-                 'created_at', now, 'updated_at', now, 'enqueued', '1')
-    else
-      redis.call('HSET', event_key, 'event', ARGV[a + 1], 'state', 'queued',
-                 'created_at', now, 'updated_at', now)
+      table.insert(fields, 'enqueued')
+      table.insert(fields, '1')
     end
+    redis.call('HSET', event_key, unpack(fields))
     redis.call('EXPIRE', event_key, retention)
     redis.call('ZADD', KEYS[1], tonumber(ARGV[3]), ARGV[a])
     created[i] = 1
