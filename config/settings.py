@@ -165,6 +165,87 @@ class Settings(BaseSettings):
     rocketchat_visitor_field: str = "datafast_visitor_id"
     rocketchat_rate_limit: RateSetting = Rate(5, 1)
 
+    # Inbound webhooks and notes of the helpdesks and chat tools (worker/integrations/).
+    # Several secrets may be given comma-separated while one is rotated.
+    zendesk_webhook_secret: OptionalSecret = None
+    # The id of the ticket field that holds the DataFast visitor id.
+    zendesk_visitor_field: OptionalStr = None
+    intercom_base_url: AnyHttpUrl = AnyHttpUrl("https://api.intercom.io")
+    intercom_access_token: OptionalSecret = None
+    intercom_client_secret: OptionalSecret = None
+    intercom_admin_id: OptionalStr = None
+    intercom_visitor_attribute: str = "datafast_visitor_id"
+    # Intercom: 10,000 calls a minute per app, spread over 10-second windows.
+    intercom_rate_limit: RateSetting = Rate(1666, 10)
+    helpscout_base_url: AnyHttpUrl = AnyHttpUrl("https://api.helpscout.net")
+    helpscout_app_id: OptionalStr = None
+    helpscout_app_secret: OptionalSecret = None
+    helpscout_webhook_secret: OptionalSecret = None
+    helpscout_visitor_field: str = "datafast_visitor_id"
+    # Help Scout: the limit depends on the plan (writes count twice); 200/min is the lowest.
+    helpscout_rate_limit: RateSetting = Rate(200, 60)
+    freshdesk_base_url: OptionalUrl = None
+    freshdesk_api_key: OptionalSecret = None
+    freshdesk_webhook_token: OptionalSecret = None
+    freshdesk_visitor_field: str = "cf_datafast_visitor_id"
+    # Freshdesk: 200/min on the Growth plan (trials 50/min: lower it there).
+    freshdesk_rate_limit: RateSetting = Rate(200, 60)
+    crisp_base_url: AnyHttpUrl = AnyHttpUrl("https://api.crisp.chat")
+    crisp_website_id: OptionalStr = None
+    crisp_identifier: OptionalStr = None
+    crisp_key: OptionalSecret = None
+    crisp_webhook_key: OptionalSecret = None
+    crisp_visitor_field: str = "datafast_visitor_id"
+    # Crisp documents layered limits without numbers; stay modest.
+    crisp_rate_limit: RateSetting = Rate(5, 1)
+    plain_base_url: AnyHttpUrl = AnyHttpUrl("https://core-api.uk.plain.com")
+    plain_api_key: OptionalSecret = None
+    plain_webhook_secret: OptionalSecret = None
+    plain_visitor_field: str = "datafast_visitor_id"
+    # Plain documents no number; stay modest.
+    plain_rate_limit: RateSetting = Rate(5, 1)
+
+    # Webhooks of the billing and sign-up tools, and the CRMs and alert channels for sales.
+    stripe_webhook_secret: OptionalSecret = None
+    stripe_visitor_metadata_key: str = "datafast_visitor_id"
+    clerk_webhook_secret: OptionalSecret = None
+    clerk_visitor_metadata_key: str = "datafast_visitor_id"
+    hubspot_app_secret: OptionalSecret = None
+    hubspot_visitor_property: str = "datafast_visitor_id"
+    attio_base_url: AnyHttpUrl = AnyHttpUrl("https://api.attio.com")
+    attio_api_key: OptionalSecret = None
+    # Attio: 25 writes/s (100 reads/s).
+    attio_rate_limit: RateSetting = Rate(25, 1)
+    # The company domain, e.g. https://acme.pipedrive.com.
+    pipedrive_base_url: OptionalUrl = None
+    pipedrive_api_token: OptionalSecret = None
+    # Pipedrive: the search API allows 10 requests per 2 seconds.
+    pipedrive_rate_limit: RateSetting = Rate(5, 1)
+    salesforce_instance_url: OptionalUrl = None
+    salesforce_client_id: OptionalStr = None
+    salesforce_client_secret: OptionalSecret = None
+    salesforce_rate_limit: RateSetting = Rate(5, 1)
+    discord_webhook_url: OptionalSecret = None
+    # Discord: a webhook's own bucket allows about 5 requests per 2 seconds.
+    discord_rate_limit: RateSetting = Rate(5, 2)
+    teams_webhook_url: OptionalSecret = None
+    # Teams: more than 4 requests a second are throttled.
+    teams_rate_limit: RateSetting = Rate(4, 1)
+    telegram_base_url: AnyHttpUrl = AnyHttpUrl("https://api.telegram.org")
+    telegram_bot_token: OptionalSecret = None
+    telegram_chat_id: OptionalStr = None
+    # Telegram: at most 20 messages a minute to one group.
+    telegram_rate_limit: RateSetting = Rate(20, 60)
+    outbound_webhook_url: OptionalUrl = None
+    outbound_webhook_secret: OptionalSecret = None
+    outbound_webhook_rate_limit: RateSetting = Rate(10, 1)
+
+    # Routing rules and note templates (worker/routing.py, worker/templates.py).
+    routes_file: OptionalStr = None
+    templates_dir: OptionalStr = None
+    # Several DataFast websites: ``name=df_key`` or ``name=dft_token:websiteId``, comma-separated.
+    datafast_websites: OptionalSecret = None
+
     # Realtime hot-visitor alerts.
     realtime_poll_seconds: float = Field(default=60, gt=0)
     hot_paths: str = "/pricing,/checkout"

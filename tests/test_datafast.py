@@ -21,10 +21,10 @@ from config import Rate
 from config.settings import load_settings
 from worker.errors import AuthFailed, BadResponse, Unavailable, VisitorNotFound
 from worker.http import UpstreamResponse
+from worker.integrations.datafast import DataFastSource, VisitorProfile, to_journey
 from worker.journey import RECENT_PAGES
 from worker.ratelimit import SharedRateLimiter
-from worker.sources.base import parse_envelope
-from worker.sources.datafast import DataFastSource, VisitorProfile, to_journey
+from worker.source import parse_envelope
 
 VID = "a3ab2331-989f-4cfa-91c6-2461c9e3c6bd"
 

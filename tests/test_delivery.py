@@ -18,7 +18,7 @@ from worker.http import ServiceClient
 from worker.journey import JourneyContext
 from worker.ratelimit import SharedRateLimiter
 from worker.runtime import Runtime
-from worker.sinks.base import DeliveryResult, Sink
+from worker.sink import DeliveryResult, Note, Sink
 from worker.store import EventStore, SinkRecord, overall_state
 from worker.tasks import deliver
 
@@ -48,7 +48,7 @@ class RecordingSink(Sink):
             rate=settings.zendesk_rate_limit,
         )
 
-    def deliver(self, event: Event, context: JourneyContext) -> DeliveryResult:
+    def deliver(self, event: Event, context: JourneyContext, note: Note) -> DeliveryResult:
         if self.failures:
             raise self.failures.pop(0)
         self.posted.append(event.marker)
@@ -87,7 +87,7 @@ def _event(rt: Runtime) -> tuple[Event, JourneyContext]:
     assert rt.store.accept(event)
     context = JourneyContext(provider="DataFast", visitor_id=event.visitor_id or "")
     rt.store.save_context(event.id, context)
-    rt.store.plan_sinks(event.id, ["recording"], {})
+    rt.store.plan_sinks(event.id, {"recording": SinkRecord()}, {})
     return event, context
 
 
@@ -351,7 +351,7 @@ def test_a_pair_another_worker_is_delivering_is_tried_again_later(runtime: Runti
 
 def test_a_sink_this_worker_does_not_have_fails_visibly(runtime: Runtime) -> None:
     event, context = _event(runtime)
-    runtime.store.plan_sinks(event.id, ["gone"], {})
+    runtime.store.plan_sinks(event.id, {"gone": SinkRecord()}, {})
     assert deliver(runtime, event, context, "gone") is None
     record = runtime.store.sink_record(event.id, "gone")
     assert record is not None and record.state == "failed"

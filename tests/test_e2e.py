@@ -38,7 +38,7 @@ from harness import (
     wait_for,
 )
 
-from worker.render import HUBSPOT_PROPERTIES
+from worker.integrations.hubspot import HUBSPOT_PROPERTIES
 
 pytestmark = pytest.mark.e2e
 

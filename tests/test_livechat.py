@@ -25,10 +25,16 @@ from issue4_support import (
 from config import Settings, load_settings
 from worker.errors import AuthFailed, Rejected, VisitorNotFound
 from worker.events import Event, EventRejected
-from worker.livechat import parse_rocketchat_webhook, resolve_visitor_id, visitor_field
+from worker.integrations import SINKS
+from worker.integrations.rocketchat import (
+    RocketChatSink,
+    message_id,
+    parse_rocketchat_webhook,
+    resolve_visitor_id,
+    rocketchat_client,
+    visitor_field,
+)
 from worker.runtime import Runtime, build_runtime
-from worker.sinks import SINKS
-from worker.sinks.rocketchat import RocketChatSink, message_id, rocketchat_client
 from worker.tasks import fetch_context
 from worker.web import create_app
 
@@ -110,7 +116,7 @@ def test_bad_payloads_are_refused(payload: Any, status: int, words: str) -> None
     assert words in caught.value.message
 
 
-def test_custom_field_must_be_a_uuid_only_for_datafast() -> None:
+def test_custom_field_must_be_a_uuid_only_when_the_source_says_so() -> None:
     payload = rc_webhook_payload(
         "room-5", LIVECHAT_VISITOR, custom_fields={"datafast_visitor_id": "not-a-uuid"}
     )
@@ -120,7 +126,8 @@ def test_custom_field_must_be_a_uuid_only_for_datafast() -> None:
     postmetric = make_settings(
         source="postmetric", postmetric_api_key="pm_x", postmetric_base_url="http://pm.invalid"
     )
-    assert parse_rocketchat_webhook(payload, postmetric).visitor_id == "not-a-uuid"
+    event = parse_rocketchat_webhook(payload, postmetric, require_uuid=False)
+    assert event.visitor_id == "not-a-uuid"
 
 
 def test_bad_email_is_dropped_not_fatal() -> None:
@@ -221,11 +228,11 @@ def test_sink_posts_once_with_a_stable_id(fake: SeedFake, runtime: Runtime) -> N
     ctx = fetch_context(runtime, event)  # no journey: a short note
     assert sink.skip_reason(event, ctx) is None
     assert sink.already_delivered(event) is False
-    result = sink.deliver(event, ctx)
+    result = sink.deliver(event, ctx, sink.render_note(event, ctx))
     assert result.external_id == message_id(event)
     assert sink.already_delivered(event) is True
     # A second attempt (a worker died before recording) finds it and does not post again.
-    again = sink.deliver(event, ctx)
+    again = sink.deliver(event, ctx, sink.render_note(event, ctx))
     assert "already there" in (again.detail or "")
     (message,) = fake.room_messages("room-a")
     assert event.marker in message["msg"]
@@ -241,12 +248,13 @@ def test_sink_skips_without_room_and_maps_errors(fake: SeedFake, runtime: Runtim
     assert sink.skip_reason(event, ctx) == "no room_id on the event"
     unknown_room = Event(id="lc-5", type="livechat", room_id="room-zzz", visitor_id="x")
     with pytest.raises(Rejected) as caught:
-        sink.deliver(unknown_room, ctx)
+        sink.deliver(unknown_room, ctx, sink.render_note(unknown_room, ctx))
     assert "error-not-allowed" in str(caught.value) and not caught.value.retryable
     bad = runtime.settings.model_copy(update={"rocketchat_user_id": "someone-else"})
     with pytest.raises(AuthFailed) as auth:
+        in_room = event.model_copy(update={"room_id": "room-a"})
         RocketChatSink(bad, runtime.limiter).deliver(
-            event.model_copy(update={"room_id": "room-a"}), ctx
+            in_room, ctx, sink.render_note(in_room, ctx)
         )
     assert "You must be logged in to do this." in str(auth.value)
     assert "visitor-enrich" in sink.check()
@@ -254,7 +262,7 @@ def test_sink_skips_without_room_and_maps_errors(fake: SeedFake, runtime: Runtim
 
 def test_success_false_in_a_200_is_an_error(fake: SeedFake, runtime: Runtime) -> None:
     from worker.http import UpstreamResponse
-    from worker.sinks.rocketchat import rocketchat_json
+    from worker.integrations.rocketchat import rocketchat_json
 
     response = UpstreamResponse(
         "rocketchat", 200, __import__("httpx").Headers(), b'{"success":false,"error":"nope"}'

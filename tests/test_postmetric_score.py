@@ -13,12 +13,14 @@ from issue4_support import POSTMETRIC_KEY, SeedFake, postmetric_seed_001
 
 from config import load_settings
 from worker.errors import AuthFailed, Rejected, VisitorNotFound
+from worker.integrations import SOURCES
+from worker.integrations.postmetric import PostMetricSource, PostMetricVisitor, to_journey
+from worker.integrations.rocketchat import render_rocketchat_message
+from worker.integrations.slack import render_slack_alert
 from worker.journey import Goal, JourneyContext, PageVisit
 from worker.ratelimit import SharedRateLimiter
-from worker.render import render_rocketchat_message, render_slack_alert, render_text
 from worker.score import ScoreWeights, estimate_score, hot_path_of
-from worker.sources import SOURCES
-from worker.sources.postmetric import PostMetricSource, PostMetricVisitor, to_journey
+from worker.templates import render_text
 
 NOW = datetime(2024, 1, 20, 16, 22, tzinfo=UTC)
 TIMES = "\N{MULTIPLICATION SIGN}"

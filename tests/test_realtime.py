@@ -15,9 +15,10 @@ from issue4_support import DATAFAST_KEY, SEED_VISITOR, SeedFake, realtime_seed_0
 
 from config import Settings, load_settings
 from worker.app import create_celery
+from worker.integrations.datafast import RealtimeMap
+from worker.integrations.slack import render_realtime_alert
+from worker.journey import HotVisitor, RealtimeSnapshot
 from worker.realtime import (
-    HotVisitor,
-    RealtimeMap,
     claim,
     is_cooling,
     poll,
@@ -26,7 +27,6 @@ from worker.realtime import (
     select_hot_visitors,
     take_poll_lock,
 )
-from worker.render import render_realtime_alert
 from worker.runtime import Runtime, build_runtime
 
 
@@ -38,10 +38,10 @@ def settings_for(**overrides: Any) -> Settings:
 
 def _map(
     visitors: list[dict[str, Any]], payments: list[dict[str, Any]] | None = None
-) -> RealtimeMap:
+) -> RealtimeSnapshot:
     return RealtimeMap.model_validate(
         {"count": len(visitors), "visitors": visitors, "recentPayments": payments or []}
-    )
+    ).snapshot()
 
 
 def _keys(hot: list[HotVisitor]) -> list[str]:
@@ -58,7 +58,7 @@ def test_seed_002_parses_and_its_pricing_visitor_is_hot() -> None:
     assert visitor.location.label == "Paris, FR"
     assert visitor.system.label == "desktop · Chrome"
     assert visitor.score is None
-    (hot,) = select_hot_visitors(realtime, settings_for())
+    (hot,) = select_hot_visitors(realtime.snapshot(), settings_for())
     assert hot.key == SEED_VISITOR and hot.reasons == ("on /pricing now",)
 
 
@@ -108,7 +108,7 @@ def test_payments_alert_only_with_the_flag() -> None:
     (hot,) = select_hot_visitors(realtime, settings_for(alert_on_payments=True))
     assert hot.key == "payment:pay_1"
     assert hot.reasons == ("payment 49 USD just now",)
-    assert hot.visitor.location.city == "Berlin"  # the active visitor's details
+    assert hot.visitor.location == "Berlin, Berlin, DE"  # the active visitor's details
 
 
 def test_alert_renders_location_device_url_score_and_profile() -> None:
@@ -128,15 +128,18 @@ def test_alert_renders_location_device_url_score_and_profile() -> None:
 # Redis claims and the poll lock ------------------------------------------------------------
 
 
-def test_claim_is_once_per_cooldown(redis_client: redis.Redis, key_prefix: str) -> None:
-    (hot,) = select_hot_visitors(RealtimeMap.model_validate(realtime_seed_002()), settings_for())
-    assert not is_cooling(redis_client, key_prefix, hot)
-    assert claim(redis_client, key_prefix, hot, 60) is True
-    assert claim(redis_client, key_prefix, hot, 60) is False  # a second process, same poll
-    assert is_cooling(redis_client, key_prefix, hot)
-    ttl = redis_client.ttl(f"{key_prefix}hot:{SEED_VISITOR}")
+def test_claim_is_once_per_cooldown_and_sink(redis_client: redis.Redis, key_prefix: str) -> None:
+    seed = RealtimeMap.model_validate(realtime_seed_002()).snapshot()
+    (hot,) = select_hot_visitors(seed, settings_for())
+    assert not is_cooling(redis_client, key_prefix, "slack", hot)
+    assert claim(redis_client, key_prefix, "slack", hot, 60) is True
+    # A second process, same poll:
+    assert claim(redis_client, key_prefix, "slack", hot, 60) is False
+    assert is_cooling(redis_client, key_prefix, "slack", hot)
+    ttl = redis_client.ttl(f"{key_prefix}hot:slack:{SEED_VISITOR}")
     assert 0 < ttl <= 60
-    assert claim(redis_client, key_prefix + "other:", hot, 60) is True  # another deployment
+    assert claim(redis_client, key_prefix, "discord", hot, 60) is True  # another alert sink
+    assert claim(redis_client, key_prefix + "other:", "slack", hot, 60) is True  # deployment
 
 
 def test_poll_lock_lets_one_poll_through(redis_client: redis.Redis, key_prefix: str) -> None:
@@ -148,9 +151,9 @@ def test_poll_lock_lets_one_poll_through(redis_client: redis.Redis, key_prefix: 
 def test_disabled_reasons_and_the_beat_entry() -> None:
     slack = {"slack_webhook_url": "https://hooks.slack.invalid/x"}
     assert realtime_disabled_reason(settings_for(**slack)) is None
-    assert "SLACK_WEBHOOK_URL" in (realtime_disabled_reason(settings_for()) or "")
-    assert realtime_disabled_reason(settings_for(), need_slack=False) is None
-    assert "DATAFAST_API_KEY" in (
+    assert "no alert sink is configured (Slack" in (realtime_disabled_reason(settings_for()) or "")
+    assert realtime_disabled_reason(settings_for(), need_sink=False) is None
+    assert "DataFast source is not configured" in (
         realtime_disabled_reason(load_settings(_env_file=None, **slack)) or ""
     )
     postmetric = settings_for(
@@ -159,7 +162,7 @@ def test_disabled_reasons_and_the_beat_entry() -> None:
         postmetric_base_url="http://pm.invalid",
         **slack,
     )
-    assert "SOURCE" in (realtime_disabled_reason(postmetric) or "")
+    assert "PostMetric has none" in (realtime_disabled_reason(postmetric) or "")
 
     on = create_celery(settings_for(realtime_poll_seconds=5, **slack))
     entry = on.conf.beat_schedule["poll-realtime"]
@@ -236,7 +239,7 @@ def test_website_not_found_is_logged_and_the_poll_ends(
     datafast.map_status = 404
     with caplog.at_level(logging.WARNING, logger="worker.realtime"):
         result = poll(runtime)
-    assert result is not None and result.map is None
+    assert result is not None and result.snapshot is None
     assert "404 Website not found" in (result.error or "")
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "Website not found" in str(warnings[0].__dict__)

@@ -1,4 +1,5 @@
-"""Pin the output of ``worker/render.py`` for every sink (no network, no settings)."""
+"""Pin the output of every sink's renderer and of ``worker/formats.py`` (no network, no
+settings)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,16 @@ from typing import Any
 import pytest
 
 from worker.events import Event
+from worker.integrations.hubspot import (
+    HUBSPOT_PROPERTIES,
+    HUBSPOT_PROPERTY_GROUP,
+    hubspot_contact_properties,
+    render_hubspot_note_html,
+)
+from worker.integrations.hubspot import NOTE_MAX_CHARS as HUBSPOT_NOTE_MAX_CHARS
+from worker.integrations.rocketchat import MESSAGE_MAX_CHARS as ROCKETCHAT_MAX_CHARS
+from worker.integrations.rocketchat import render_rocketchat_message
+from worker.integrations.slack import render_slack_alert
 from worker.journey import (
     FirstTouch,
     Goal,
@@ -20,19 +31,8 @@ from worker.journey import (
     Prediction,
     Technology,
 )
-from worker.render import (
-    HUBSPOT_NOTE_MAX_CHARS,
-    HUBSPOT_PROPERTIES,
-    HUBSPOT_PROPERTY_GROUP,
-    ROCKETCHAT_MAX_CHARS,
-    format_datetime,
-    hubspot_contact_properties,
-    render_hubspot_note_html,
-    render_rocketchat_message,
-    render_slack_alert,
-    render_text,
-    render_zendesk_html,
-)
+from worker.templates import render_html, render_markdown, render_text
+from worker.text import format_datetime
 
 VISITOR = "a3ab2331-989f-4cfa-91c6-2461c9e3c6bd"
 MARKER = "visitor-enrich:evt_123"
@@ -151,7 +151,7 @@ def slack_text(payload: dict[str, Any]) -> str:
 
 RENDERERS: list[Callable[[Event, JourneyContext], str]] = [
     render_text,
-    render_zendesk_html,
+    render_html,
     render_hubspot_note_html,
     render_rocketchat_message,
     lambda e, c: slack_text(render_slack_alert(e, c)),
@@ -336,7 +336,7 @@ def test_estimated_score_says_estimate(
 ) -> None:
     out = render(event, estimated)
     assert "estimate" in out.lower()
-    if render is not render_hubspot_note_html and render is not render_zendesk_html:
+    if render is not render_hubspot_note_html and render is not render_html:
         assert "Estimated by visitor-enrich, not by DataFast" in out
     assert "visited /pricing twice" in out
 
@@ -345,7 +345,7 @@ def test_estimated_score_says_estimate(
 
 
 def test_zendesk_html_names_every_fact(event: Event, full: JourneyContext) -> None:
-    out = render_zendesk_html(event, full)
+    out = render_html(event, full)
     for fragment in (
         "<p><strong>Visitor journey from DataFast for Ada Lovelace &lt;ada@example.com&gt;"
         "</strong></p>",
@@ -384,7 +384,7 @@ def test_zendesk_html_names_every_fact(event: Event, full: JourneyContext) -> No
 
 
 def test_zendesk_html_estimate(event: Event, estimated: JourneyContext) -> None:
-    out = render_zendesk_html(event, estimated)
+    out = render_html(event, estimated)
     assert "<li><strong>Lead score:</strong> 41.5/100 (estimate)</li>" in out
     assert (
         "<p><em>Estimated by visitor-enrich, not by DataFast: DataFast gave no prediction "
@@ -395,7 +395,7 @@ def test_zendesk_html_estimate(event: Event, estimated: JourneyContext) -> None:
 
 def test_zendesk_shows_at_most_ten_pages(event: Event, full: JourneyContext) -> None:
     pages = [PageVisit(url=f"/p{i}", at=at(23, 9, i)) for i in range(15)]
-    out = render_zendesk_html(event, full.model_copy(update={"recent_pages": pages}))
+    out = render_html(event, full.model_copy(update={"recent_pages": pages}))
     assert out.count("<li>2026-11-23 09:") == 10
     assert "/p9</li>" in out
     assert "/p10<" not in out
@@ -406,11 +406,11 @@ def test_not_found_html(event: Event, missing: JourneyContext) -> None:
         f"<p>No visitor journey found for visitor {VISITOR} at DataFast: no pageviews for this "
         "visitor.</p><p><small>visitor-enrich:evt_123</small></p>"
     )
-    assert render_zendesk_html(event, missing) == expected
+    assert render_html(event, missing) == expected
     assert render_hubspot_note_html(event, missing) == expected
 
 
-@pytest.mark.parametrize("render", [render_zendesk_html, render_hubspot_note_html])
+@pytest.mark.parametrize("render", [render_html, render_hubspot_note_html])
 def test_html_escapes_provider_and_user_text(
     render: Callable[[Event, JourneyContext], str], full: JourneyContext
 ) -> None:
@@ -428,16 +428,47 @@ def test_html_escapes_provider_and_user_text(
     assert "<img" not in out
     assert "<b>" not in out
     assert "https://x.test/?q=&lt;script&gt;alert(1)&lt;/script&gt;" in out
-    assert "&lt;script&gt;alert(&#x27;m&#x27;)&lt;/script&gt;" in out
+    assert "&lt;script&gt;alert(&#39;m&#39;)&lt;/script&gt;" in out
     assert "<strong>&lt;img src=x&gt;:</strong>" in out
     assert "&lt;b&gt;Eve&lt;/b&gt; &amp; co" in out
-    assert "u&quot;1" in out
+    assert "u&#34;1" in out
 
 
 def test_html_escapes_marker() -> None:
     event = Event(id="a<b>&c", type="signup", visitor_id=VISITOR)
     ctx = JourneyContext(provider="datafast", visitor_id=VISITOR)
-    assert "<small>visitor-enrich:a&lt;b&gt;&amp;c</small>" in render_zendesk_html(event, ctx)
+    assert "<small>visitor-enrich:a&lt;b&gt;&amp;c</small>" in render_html(event, ctx)
+
+
+# --------------------------------------------------------------------------- Markdown
+
+
+def test_markdown_names_every_section_and_numbers_pages(event: Event, full: JourneyContext) -> None:
+    out = render_markdown(event, full)
+    assert out.startswith(
+        "**Visitor journey from DataFast for Ada Lovelace \\<ada@example.com\\>**"
+    )
+    assert "- **First touch:** " in out
+    assert f"- **Visitor ID:** {VISITOR}" in out
+    assert "**Last pages (newest first)**" in out
+    assert "\n1. " in out and "\n2. " in out
+    # The marker stays verbatim (a code span), so a sink can search for it.
+    assert out.endswith(f"`{MARKER}`")
+
+
+def test_markdown_escapes_provider_and_user_text(full: JourneyContext) -> None:
+    event = Event(id="evt_123", type="signup", visitor_id=VISITOR, name="*Eve* [x](http://e.vil)")
+    ctx = full.model_copy(update={"recent_pages": [PageVisit(url="https://x.test/_a_")]})
+    out = render_markdown(event, ctx)
+    assert "\\*Eve\\* \\[x\\](http://e.vil)" in out
+    assert "https://x.test/\\_a\\_" in out
+    assert "[x](" not in out
+
+
+def test_markdown_not_found(event: Event, missing: JourneyContext) -> None:
+    out = render_markdown(event, missing)
+    assert out.startswith("No visitor journey found for visitor")
+    assert out.endswith(f"`{MARKER}`")
 
 
 # --------------------------------------------------------------------------- HubSpot note
@@ -448,7 +479,7 @@ def test_hubspot_note_keeps_a_single_10k_value(event: Event, full: JourneyContex
     profile = IdentifiedProfile(user_id="user_123", metadata={"bio": big})
     out = render_hubspot_note_html(event, full.model_copy(update={"profile": profile}))
     assert big in out
-    assert out == render_zendesk_html(event, full.model_copy(update={"profile": profile}))
+    assert out == render_html(event, full.model_copy(update={"profile": profile}))
 
 
 def test_hubspot_note_truncates_large_metadata(event: Event, full: JourneyContext) -> None:
@@ -462,7 +493,7 @@ def test_hubspot_note_truncates_large_metadata(event: Event, full: JourneyContex
             "recent_pages": pages,
         }
     )
-    assert len(render_zendesk_html(event, ctx)) > HUBSPOT_NOTE_MAX_CHARS
+    assert len(render_html(event, ctx)) > HUBSPOT_NOTE_MAX_CHARS
 
     out = render_hubspot_note_html(event, ctx)
     assert len(out) <= HUBSPOT_NOTE_MAX_CHARS

@@ -215,9 +215,9 @@ def enrich(
     settings = _settings()
     from worker.errors import EnrichmentError
     from worker.events import Event
-    from worker.render import render_text
     from worker.runtime import build_runtime
     from worker.tasks import fetch_context, plan
+    from worker.templates import render_text
 
     rt = build_runtime(settings)
     event = Event.model_validate(
@@ -240,12 +240,16 @@ def enrich(
     for sink_name, reason in skipped.items():
         typer.echo(f"skip  {sink_name}: {reason}")
     failures = 0
-    for sink_name in planned:
+    for sink_name, record in planned.items():
         if dry_run:
-            typer.echo(f"would post to {sink_name}")
+            typer.echo(f"would post to {sink_name} (rule {record.rule})")
             continue
+        sink = rt.sinks[sink_name]
+        note = sink.render_note(event, context, record.template)
+        if note.warning:
+            typer.echo(f"warn  {sink_name}: {note.warning}")
         try:
-            result = rt.sinks[sink_name].deliver(event, context)
+            result = sink.deliver(event, context, note)
             typer.echo(f"ok    {sink_name}: {result.detail or 'posted'}")
         except EnrichmentError as exc:
             failures += 1
@@ -258,8 +262,8 @@ def hubspot_setup() -> None:
     """Create the visitor-enrich contact properties (and their group) in HubSpot, once."""
     settings = _settings()
     from worker.errors import EnrichmentError
+    from worker.integrations.hubspot import HubSpotSink
     from worker.runtime import build_runtime
-    from worker.sinks.hubspot import HubSpotSink
 
     sink = build_runtime(settings).sinks.get(HubSpotSink.name)
     if not isinstance(sink, HubSpotSink):
@@ -344,10 +348,10 @@ def realtime(
         bool, typer.Option("--once", help="Poll once and exit (else every REALTIME_POLL_SECONDS).")
     ] = False,
     send: Annotated[
-        bool, typer.Option("--send", help="Post the Slack alerts too; without it, only print.")
+        bool, typer.Option("--send", help="Post the alerts too; without it, only print.")
     ] = False,
 ) -> None:
-    """Print DataFast's active visitors now and who would get a hot-visitor alert."""
+    """Print the active visitors now and who would get a hot-visitor alert."""
     settings = _settings()
     from worker.realtime import PollResult, run_realtime_once
     from worker.runtime import build_runtime
@@ -355,17 +359,16 @@ def realtime(
     rt = build_runtime(settings)
 
     def show(result: PollResult) -> None:
-        if result.map is None:
+        if result.snapshot is None:
             typer.echo(f"error: {result.error}", err=True)
             return
-        visitors = result.map.visitors
-        count = result.map.count if result.map.count is not None else len(visitors)
+        visitors = result.snapshot.visitors
+        count = len(visitors)
         typer.echo(f"{count} active visitor{'s' if count != 1 else ''}")
         for v in visitors:
             score = f"{v.score:g}" if v.score is not None else "-"
-            where = v.location.label or "?"
             typer.echo(
-                f"  {v.visitor_id}  score {score}  {where}  {v.system.label or '?'}  "
+                f"  {v.visitor_id}  score {score}  {v.location or '?'}  {v.device or '?'}  "
                 f"{v.current_url or ''}"
             )
         cooling = {h.key for h in result.cooling}

@@ -9,12 +9,47 @@ import re
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, EmailStr, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-EventType = Literal["signup", "support_ticket", "livechat"]
+EventType = Literal["signup", "support_ticket", "livechat", "payment"]
 
 VISITOR_COOKIE = "datafast_visitor_id"
 MAX_ID_LENGTH = 200
+MAX_EMAIL_LENGTH = 254
+# Where an event came from when it was not a vendor's webhook: ``POST /v1/events``.
+API_INBOUND = "api"
+
+
+def is_email(value: str) -> bool:
+    """A syntax check only: one ``@``, a non-empty local part and domain, no whitespace, at
+    most 254 characters.
+
+    Deliberately looser than ``email-validator``: the sender's own app accepted the address,
+    and refusing it (``qa@shop.test``, ``ops@intranet.local``) would lose the event, since a
+    4xx is final for a sender. Deliverability is the CRM's business, not ours.
+    """
+    if len(value) > MAX_EMAIL_LENGTH or value.count("@") != 1:
+        return False
+    local, _, domain = value.partition("@")
+    return bool(local) and bool(domain) and not any(c.isspace() for c in value)
+
+
+class Payment(BaseModel):
+    """What a buyer paid, on a ``payment`` event (Stripe): amount in major units."""
+
+    model_config = ConfigDict(frozen=True)
+
+    amount: float | None = None
+    currency: str | None = None
+    # What was bought: the product or price names, or the checkout's description.
+    description: str | None = None
 
 
 class EventRejected(Exception):
@@ -36,7 +71,7 @@ class InboundEvent(BaseModel):
     datafast_visitor_id: str | None = Field(default=None, max_length=MAX_ID_LENGTH)
     visitor_id_alias: str | None = Field(default=None, alias="visitorId", max_length=MAX_ID_LENGTH)
     cookie: str | None = Field(default=None, max_length=16 * 1024)
-    email: EmailStr | None = None
+    email: str | None = Field(default=None, max_length=MAX_EMAIL_LENGTH)
     name: str | None = Field(default=None, max_length=500)
     user_id: str | None = Field(default=None, max_length=MAX_ID_LENGTH)
     ticket_id: str | None = Field(default=None, max_length=MAX_ID_LENGTH)
@@ -44,6 +79,15 @@ class InboundEvent(BaseModel):
     # The Rocket.Chat livechat visitor ``_id``: lets a livechat event name only the chat visitor.
     livechat_visitor_id: str | None = Field(default=None, max_length=MAX_ID_LENGTH)
     occurred_at: datetime | None = None
+    # Which DataFast website (a name from DATAFAST_WEBSITES) the visitor id belongs to.
+    website: str | None = Field(default=None, max_length=100)
+
+    @field_validator("email")
+    @classmethod
+    def _email_syntax(cls, value: str | None) -> str | None:
+        if value is not None and not is_email(value):
+            raise ValueError("not an email address (one @, a local part and a domain, no spaces)")
+        return value
 
     @field_validator("ticket_id", "user_id", "room_id", "livechat_visitor_id", mode="before")
     @classmethod
@@ -72,6 +116,33 @@ class Event(BaseModel):
     livechat_custom_fields: dict[str, str] = Field(default_factory=dict)
     occurred_at: datetime | None = None
     received_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    # The system that sent it: ``api`` (POST /v1/events) or a webhook adapter's name. A
+    # helpdesk or chat sink annotates ``ticket_id`` / ``room_id`` only in its own system.
+    inbound: str = API_INBOUND
+    # A system whose API the worker must ask first (``Sink.complete_event``): the webhook
+    # lacked the visitor id or the email.
+    lookup: str | None = None
+    # Ids in the inbound system that its sink needs (contact, customer, conversation parts).
+    external: dict[str, str] = Field(default_factory=dict)
+    # Why no journey can be fetched, known at the door (a conversation without the visitor
+    # field): the sinks still get a short note saying so and how to fix it.
+    missing_reason: str | None = None
+    website: str | None = None
+    payment: Payment | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _livechat_lookup(cls, data: Any) -> Any:
+        # A livechat event that names only the chat visitor (from POST /v1/events, the
+        # Rocket.Chat webhook, or stored by an earlier version): Rocket.Chat is asked first.
+        if (
+            isinstance(data, dict)
+            and not data.get("lookup")
+            and not data.get("visitor_id")
+            and data.get("livechat_visitor_id")
+        ):
+            return {**data, "lookup": "rocketchat"}
+        return data
 
     @property
     def marker(self) -> str:
@@ -171,11 +242,12 @@ def parse_event(
         id=event_id,
         type=inbound.type,
         visitor_id=visitor_id,
-        email=str(inbound.email) if inbound.email else None,
+        email=inbound.email,
         name=inbound.name,
         user_id=inbound.user_id,
         ticket_id=inbound.ticket_id,
         room_id=inbound.room_id,
         livechat_visitor_id=inbound.livechat_visitor_id,
         occurred_at=inbound.occurred_at,
+        website=inbound.website,
     )

@@ -152,18 +152,48 @@ def parse_reset(value: str | None, *, now: float | None = None) -> float | None:
     return min(max(0.0, number), MAX_WAIT_SECONDS)
 
 
+# 429, and Crisp's "420 Enhance Your Calm".
+RATE_LIMIT_STATUSES = frozenset({429, 420})
+
 _WAIT_SECONDS = re.compile(r"wait (\d+(?:\.\d+)?) seconds?", re.IGNORECASE)
+
+
+def _body_retry_after(content: bytes) -> float | None:
+    """``retry_after`` seconds in a JSON error body: Discord's ``{"retry_after": 1.5}`` and
+    Telegram's ``{"parameters": {"retry_after": 35}}``."""
+    if not content.lstrip().startswith(b"{"):
+        return None
+    try:
+        body = json.loads(content[:10_000])
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(body, dict):
+        return None
+    parameters = body.get("parameters")
+    for value in (
+        body.get("retry_after"),
+        parameters.get("retry_after") if isinstance(parameters, dict) else None,
+    ):
+        if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
+            return min(float(value), MAX_WAIT_SECONDS)
+    return None
 
 
 def wait_hint(response: UpstreamResponse) -> float | None:
     """How long the upstream asks us to wait, from whichever header or body says so."""
     headers = response.headers
-    for name in ("retry-after",):
+    # Retry-After (RFC 9110); Help Scout's X-RateLimit-Retry-After; Discord's
+    # X-RateLimit-Reset-After (seconds, fractional).
+    for name in ("retry-after", "x-ratelimit-retry-after", "x-ratelimit-reset-after"):
         seconds = parse_retry_after(headers.get(name))
         if seconds is not None:
             return seconds
     for name in ("x-ratelimit-reset", "x-rate-limit-reset", "ratelimit-reset"):
         seconds = parse_reset(headers.get(name))
+        if seconds is not None:
+            return seconds
+    if response.status_code in RATE_LIMIT_STATUSES:
+        seconds = _body_retry_after(response.content)
         if seconds is not None:
             return seconds
     # Rocket.Chat says "error-too-many-requests: You must wait 12 seconds" in the body.
@@ -355,13 +385,14 @@ class ServiceClient:
     def _check(self, response: UpstreamResponse) -> None:
         status = response.status_code
         wait = wait_hint(response)
-        if status == 429 or (quota_exhausted(response) and wait is not None):
+        limited = status in RATE_LIMIT_STATUSES
+        if limited or (quota_exhausted(response) and wait is not None):
             # Everyone waits, not only this worker.
             self._limiter.pause(self.service, wait if wait is not None else 1.0)
         if 200 <= status < 300:
             return
         message = f"{status} {error_message(response)}"
-        if status == 429:
+        if limited:
             raise RateLimited(message, service=self.service, status_code=status, retry_after=wait)
         if status >= 500:
             raise Unavailable(message, service=self.service, status_code=status, retry_after=wait)

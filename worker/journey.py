@@ -1,12 +1,15 @@
 """The normalized journey context every source produces and every sink renders.
 
-Sources map their own response models into ``JourneyContext`` (pure functions in
-``worker/sources/*``); renderers in ``worker/render.py`` turn it into text, HTML, Slack blocks
-or CRM properties. Nothing here does I/O.
+Sources map their own response models into ``JourneyContext`` (pure functions in each
+``worker/integrations/<provider>.py``); ``worker/note.py`` turns it into the sections of a note
+and each integration renders those in its own markup. ``HotVisitor`` is the realtime
+counterpart: a visitor on the site now, as a provider's realtime feed reports it. Nothing here
+does I/O.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -175,3 +178,45 @@ class JourneyContext(_Model):
     @property
     def score(self) -> float | None:
         return self.prediction.score if self.prediction else None
+
+
+# Realtime ---------------------------------------------------------------------------------
+
+
+class ActiveVisitor(_Model):
+    """A visitor on the site now, as a provider's realtime feed reports it."""
+
+    visitor_id: str
+    location: str | None = None
+    device: str | None = None
+    current_url: str | None = None
+    # The Identify profile the provider keeps for the visitor (name, email, plan...).
+    profile: dict[str, Any] = Field(default_factory=dict)
+    # The provider's 0-100 conversion score, when it gives one.
+    score: float | None = None
+
+
+class RecentPayment(_Model):
+    """A payment the realtime feed reports; ``key`` is stable across polls (for dedupe)."""
+
+    visitor_id: str | None
+    key: str
+    label: str
+
+
+class RealtimeSnapshot(_Model):
+    """What one realtime poll saw: the active visitors and the recent payments."""
+
+    visitors: list[ActiveVisitor] = Field(default_factory=list)
+    payments: list[RecentPayment] = Field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class HotVisitor:
+    """An active visitor (or a payment) worth an alert, and why."""
+
+    visitor: ActiveVisitor
+    reasons: tuple[str, ...]
+    # The dedupe key under ``{prefix}hot:``: the visitor id, or ``payment:{id}``.
+    key: str
+    payment: RecentPayment | None = None

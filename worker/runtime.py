@@ -14,10 +14,13 @@ from redis.connection import HiredisRespSerializer
 from redis.utils import HIREDIS_AVAILABLE
 
 from config import Settings, get_settings
+from worker.integrations import SINKS, SOURCES, build_sinks, build_source
 from worker.ratelimit import SharedRateLimiter
-from worker.sinks import Sink, build_sinks
-from worker.sources import SOURCES, Source, build_source
+from worker.routing import Routes, load_routes
+from worker.sink import Sink
+from worker.source import Source
 from worker.store import EventStore
+from worker.templates import note_templates
 
 
 @dataclass
@@ -27,6 +30,8 @@ class Runtime:
     store: EventStore
     limiter: SharedRateLimiter
     sinks: dict[str, Sink] = field(default_factory=dict)
+    # The routing rules of ROUTES_FILE; None: the default routing.
+    routes: Routes | None = None
     _source: Source | None = None
 
     @property
@@ -75,7 +80,22 @@ def async_redis_client(url: str) -> redis.asyncio.Redis:
     return redis.asyncio.Redis.from_url(url, **options)
 
 
+def load_routing(settings: Settings) -> Routes | None:
+    """The routes file and the note templates, checked at start-up: ``RoutesError`` or
+    ``TemplatesError`` (both ``ConfigError``s) name the file, line and key at fault."""
+    templates = note_templates(settings.templates_dir)
+    templates.check()
+    routes = load_routes(settings.routes_file)
+    if routes is not None:
+        enabled = [s.name for s in SINKS if s.enabled(settings)]
+        routes.check_sinks([s.name for s in SINKS], enabled)
+        for name in sorted(routes.templates()):
+            templates.compile(name)
+    return routes
+
+
 def build_runtime(settings: Settings) -> Runtime:
+    routes = load_routing(settings)
     client = redis_client(settings)
     limiter = SharedRateLimiter(client, settings.redis_key_prefix)
     return Runtime(
@@ -84,6 +104,7 @@ def build_runtime(settings: Settings) -> Runtime:
         store=EventStore(client, settings.redis_key_prefix, settings.event_retention_seconds),
         limiter=limiter,
         sinks=build_sinks(settings, limiter),
+        routes=routes,
     )
 
 

@@ -49,6 +49,12 @@ class SinkRecord(BaseModel):
     # What the sink created (note id, comment id), when it says.
     external_id: str | None = None
     updated_at: str = Field(default_factory=_now)
+    # The routing rule that sent the event here ("default" without a routes file), and the
+    # template it chose for this sink.
+    rule: str | None = None
+    template: str | None = None
+    # Why the note was not rendered with the chosen template (the built-in one was posted).
+    warning: str | None = None
 
     @property
     def terminal(self) -> bool:
@@ -315,12 +321,14 @@ class EventStore:
 
     # Sinks -------------------------------------------------------------------------------
 
-    def plan_sinks(self, event_id: str, planned: list[str], skipped: dict[str, str]) -> None:
+    def plan_sinks(
+        self, event_id: str, planned: dict[str, SinkRecord], skipped: dict[str, str]
+    ) -> None:
         """Create each sink's record once; a redelivered task never resets an outcome."""
         key = self._sinks_key(event_id)
         with self._commands() as pipe:
-            for name in planned:
-                pipe.hsetnx(key, name, SinkRecord().model_dump_json())
+            for name, record in planned.items():
+                pipe.hsetnx(key, name, record.model_dump_json())
             for name, reason in skipped.items():
                 record = SinkRecord(state="skipped", reason=reason)
                 pipe.hsetnx(key, name, record.model_dump_json())

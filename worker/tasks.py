@@ -21,14 +21,14 @@ from celery import Task
 
 from worker.app import app
 from worker.errors import EnrichmentError, Throttled, UpstreamError, VisitorNotFound
-from worker.events import Event
+from worker.events import Event, is_uuid
 from worker.intake import ENRICH_EVENT_TASK
+from worker.integrations import integration
 from worker.journey import JourneyContext
-from worker.livechat import complete_livechat_event
 from worker.retry import retry_countdown
 from worker.runtime import Runtime, get_runtime
 from worker.score import ScoreWeights, estimate_score
-from worker.sinks import Sink
+from worker.sink import Sink
 from worker.store import FINAL_EVENT_STATES, EventStore, SinkRecord
 
 log = logging.getLogger(__name__)
@@ -50,13 +50,14 @@ def fetch_context(rt: Runtime, event: Event) -> JourneyContext:
         raise EnrichmentError(
             f"the {label} source is not configured (set its API key)", service=rt.settings.source
         )
-    if not event.visitor_id and event.livechat_visitor_id:
-        # A livechat event may name only the chat visitor: look its DataFast id up.
-        event, missing = complete_livechat_event(rt, event)
+    if event.lookup:
+        # The sender's webhook lacked the visitor id or the email: ask its API first.
+        event, missing = complete_event(rt, event)
         if missing:
-            return JourneyContext.not_found(label, "", missing)
+            return JourneyContext.not_found(label, event.visitor_id or "", missing)
     if not event.visitor_id:
-        return JourneyContext.not_found(label, "", "no datafast_visitor_id on the event")
+        reason = event.missing_reason or "no datafast_visitor_id on the event"
+        return JourneyContext.not_found(label, "", reason)
     try:
         context = source.fetch_journey(event.visitor_id)
     except VisitorNotFound as exc:
@@ -69,13 +70,63 @@ def fetch_context(rt: Runtime, event: Event) -> JourneyContext:
     return context
 
 
-def plan(rt: Runtime, event: Event, context: JourneyContext) -> tuple[list[str], dict[str, str]]:
-    planned, skipped = [], {}
+def complete_event(rt: Runtime, event: Event) -> tuple[Event, str | None]:
+    """Complete an event through a lookup in the system that sent it (``event.lookup``).
+
+    Returns the completed event and None, or the event and the reason no journey can be
+    fetched. The completed event is stored without its lookup, so ``GET /v1/events/{id}``
+    shows what was found and a redelivered task does not ask again.
+    """
+    assert event.lookup is not None
+    system = event.lookup
+    sink = rt.sinks.get(system)
+    if sink is None:
+        found = integration(system)
+        label = found.label if found else system
+        return event, (
+            f"the event needs a lookup in {label}, which is not configured on the worker "
+            "(set its API credentials)"
+        )
+    completion = sink.complete_event(event)
+    if completion.missing:
+        return event, completion.missing
+    completed = completion.event.model_copy(update={"lookup": None})
+    visitor_id = completed.visitor_id
+    if visitor_id and rt.source_class.requires_uuid and not is_uuid(visitor_id):
+        what = completion.detail or f"the {sink.label} visitor id"
+        return event, f"{what} {visitor_id[:60]!r} is not a UUID"
+    if rt.store.load_event(event.id) is not None:  # not for the CLI's unstored events
+        rt.store.replace_event(completed)
+        rt.store.add_step(event.id, "looked_up", completion.detail, system=system)
+    log.info("event completed by a lookup", extra={"event_id": event.id, "system": system})
+    return completed, None
+
+
+def plan(
+    rt: Runtime, event: Event, context: JourneyContext
+) -> tuple[dict[str, SinkRecord], dict[str, str]]:
+    """The sinks this event goes to (each sink's first record: the rule that sent it and its
+    template), and why each other enabled sink is left out.
+
+    With a routes file (``ROUTES_FILE``, ``worker/routing.py``) its matching rules choose; else
+    every sink that can take the event, alert sinks only for hot signups and payments.
+    """
+    planned: dict[str, SinkRecord] = {}
+    skipped: dict[str, str] = {}
+    routed = {r.sink: r for r in rt.routes.route(event, context)} if rt.routes else None
     for name, sink in rt.sinks.items():
         reason = sink.skip_reason(event, context)
-        if reason is None:
-            planned.append(name)
+        if routed is None:
+            reason = reason or sink.default_skip_reason(event, context)
+            if reason is None:
+                planned[name] = SinkRecord(rule=DEFAULT_RULE)
+        elif name not in routed:
+            reason = "no routing rule sends this event here"
+        elif reason is None:
+            planned[name] = SinkRecord(rule=routed[name].rule, template=routed[name].template)
         else:
+            reason = f"{reason} (rule {routed[name].rule!r} sent it)"
+        if reason is not None:
             skipped[name] = reason
     return planned, skipped
 
@@ -170,9 +221,7 @@ def _plan(
     batch.plan_sinks(event.id, planned, skipped)
     for name, reason in skipped.items():
         batch.add_step(event.id, "sink_skipped", reason, sink=name)
-    records = {name: SinkRecord() for name in planned}
-    records |= {name: SinkRecord(state="skipped", reason=r) for name, r in skipped.items()}
-    return records
+    return planned | {name: SinkRecord(state="skipped", reason=r) for name, r in skipped.items()}
 
 
 def fan_out(
@@ -205,6 +254,9 @@ def fan_out(
 
 
 # Delivering ------------------------------------------------------------------------------
+
+# The rule name sinks are planned under when no routes file is configured.
+DEFAULT_RULE = "default"
 
 # Seconds before trying a pair again that another worker is delivering right now.
 LOCKED_RETRY_SECONDS = 2.0
@@ -301,11 +353,19 @@ def attempt_delivery(
                 "sink_delivered",
                 found,
             )
+        note = sink.render_note(event, context, record.template)
         record = record.model_copy(
-            update={"state": "posting", "attempts": record.attempts + 1, "reason": None}
+            update={
+                "state": "posting",
+                "attempts": record.attempts + 1,
+                "reason": None,
+                "warning": note.warning,
+            }
         )
         store.save_sink(event.id, sink.name, record)
-        result = sink.deliver(event, context)
+        if note.warning:
+            store.add_step(event.id, "template_failed", note.warning, sink=sink.name)
+        result = sink.deliver(event, context, note)
     except Throttled as exc:
         # Nothing was sent: back to the state before this attempt, without using one up.
         countdown = min(exc.retry_after, settings.max_countdown)

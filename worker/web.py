@@ -7,7 +7,6 @@ was kept, so the sender's retry is not mistaken for a duplicate.
 
 from __future__ import annotations
 
-import hmac
 import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
@@ -28,7 +27,9 @@ from starlette.types import Receive, Scope, Send
 from config import Settings, get_settings
 from worker import __version__
 from worker.events import Event, EventRejected, InboundEvent, parse_event
+from worker.inbound import Ignored, WebhookAdapter, WebhookRequest
 from worker.intake import ENRICH_EVENT_TASK, EventIntake
+from worker.integrations import build_webhooks
 from worker.observability import configure_logging, init_sentry
 from worker.runtime import Runtime, build_runtime, settle_garbage_collector
 from worker.signature import SignatureCheck, SignatureError
@@ -163,17 +164,96 @@ def decode_json(body: bytes) -> Any:
         raise ApiError(400, f"malformed JSON: {exc}") from None
 
 
-async def accept_event(intake: EventIntake, event: Event) -> JSONResponse:
-    """Record and queue ``event`` (202), or say it is a duplicate (200); 503 when Redis
-    cannot take it, and then nothing of it was kept, so the sender's retry is a new event."""
+async def accept(intake: EventIntake, event: Event) -> bool:
+    """Record and queue ``event``: True when queued, False for a duplicate; ``ApiError(503)``
+    when Redis cannot take it, and then nothing of it was kept, so the sender's retry is a
+    new event."""
     try:
         queued = await intake.accept(event)
     except Exception:
         log.warning("redis unavailable on accept", extra={"event_id": event.id})
         raise ApiError(503, "the queue is unavailable; retry later") from None
+    log.info("event %s", "queued" if queued else "duplicate", extra={"event_id": event.id})
+    return queued
+
+
+async def accept_event(intake: EventIntake, event: Event) -> JSONResponse:
+    """Record and queue ``event`` (202), or say it is a duplicate (200); 503 as ``accept``."""
+    queued = await accept(intake, event)
     state = "queued" if queued else "duplicate"
-    log.info("event %s", state, extra={"event_id": event.id})
     return success_response({"eventId": event.id, "state": state}, 202 if queued else 200)
+
+
+def add_webhook_route(
+    app: FastAPI, adapter: WebhookAdapter, intake: EventIntake, limit: int
+) -> None:
+    """``POST /v1/webhooks/{system}`` for one adapter (``worker/inbound.py``), and the HEAD
+    check some senders make before they save the URL (Intercom)."""
+    path = f"/v1/webhooks/{adapter.system}"
+
+    async def receive_webhook(request: Request) -> Response:
+        scope = request.scope
+        headers = header_map(scope)
+        body = await read_body(request.receive, headers.get("content-length"), limit)
+        if not adapter.configured(adapter.settings):
+            raise ApiError(401, adapter.not_configured_message())
+        query = dict(request.query_params)
+        raw_query = scope.get("query_string", b"").decode("latin-1")
+        webhook = WebhookRequest(
+            method=scope["method"],
+            url=f"{scope['path']}?{raw_query}" if raw_query else scope["path"],
+            body=body,
+            headers=headers,
+            query=query,
+            website=query.get("website") or None,
+        )
+        try:
+            adapter.verify(webhook)
+        except SignatureError as exc:
+            raise ApiError(401, f"bad or missing {adapter.label} signature ({exc})") from None
+        payload = decode_json(body)
+        try:
+            events = list(adapter.map_events(webhook, payload))
+        except Ignored as exc:
+            log.info("webhook ignored", extra={"system": adapter.system, "reason": exc.reason})
+            return success_response({"state": "ignored", "reason": exc.reason})
+        except EventRejected as exc:
+            raise ApiError(exc.status_code, exc.message) from None
+        if webhook.website:
+            events = [
+                e.model_copy(update={"website": e.website or webhook.website}) for e in events
+            ]
+        results = [(event.id, await accept(intake, event)) for event in events]
+        queued = any(q for _, q in results)
+        status = adapter.accepted_status if queued else 200
+        states = [{"eventId": i, "state": "queued" if q else "duplicate"} for i, q in results]
+        if len(states) == 1:
+            return success_response(states[0], status)
+        return success_response({"events": states}, status)
+
+    async def check_webhook(request: Request) -> Response:
+        return Response(status_code=200)
+
+    app.router.add_api_route(
+        path,
+        receive_webhook,
+        methods=["POST"],
+        route_class_override=DirectRoute,
+        summary=f"{adapter.label} webhook",
+        description=(adapter.__doc__ or "").strip(),
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": {"type": ["object", "array"]}}},
+            }
+        },
+        response_model=AcceptedEnvelope,
+        responses={
+            202: {"model": AcceptedEnvelope, "description": "queued"},
+            **_errors(400, 401, 413, 422, 503),
+        },
+    )
+    app.router.add_api_route(path, check_webhook, methods=["HEAD"], include_in_schema=False)
 
 
 class DirectRoute(APIRoute):
@@ -328,29 +408,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
             raise ApiError(503, "redis is not reachable") from None
         return success_response({"redis": "up"})
 
-    @app.post(
-        "/v1/webhooks/rocketchat",
-        response_model=AcceptedEnvelope,
-        responses=_errors(400, 401, 413, 422, 503),
-    )
-    async def rocketchat_webhook(request: Request) -> JSONResponse:
-        from worker.livechat import parse_rocketchat_webhook
-
-        body = await read_body(request.receive, request.headers.get("content-length"), limit)
-        expected = settings.rocketchat_webhook_token
-        given = request.headers.get("x-rocketchat-livechat-token", "")
-        if expected is None or not hmac.compare_digest(
-            given.encode(), expected.get_secret_value().encode()
-        ):
-            raise ApiError(401, "bad or missing X-RocketChat-Livechat-Token")
-        payload = decode_json(body)
-        try:
-            event = parse_rocketchat_webhook(payload, settings)
-        except EventRejected as exc:
-            raise ApiError(exc.status_code, exc.message) from None
-        response = await accept_event(intake, event)
-        # Rocket.Chat retries anything but 200, ten times: a queued event is answered 200 too.
-        response.status_code = 200
-        return response
+    for adapter in build_webhooks(settings, require_uuid=require_uuid).values():
+        add_webhook_route(app, adapter, intake, limit)
 
     return app

@@ -1,5 +1,6 @@
 """HubSpot: find the contact by email (or create it), set the journey properties on it, and
-add one note associated with it.
+add one note associated with it. The note is HTML within HubSpot's 65,536 characters; the
+contact properties (``HUBSPOT_PROPERTIES``) live in their own property group.
 
 ``visitor-enrich hubspot-setup`` creates the custom properties once (``ensure_properties``).
 """
@@ -12,16 +13,123 @@ from typing import Any
 from config import Settings
 from worker.errors import BadResponse, Rejected
 from worker.events import Event
+from worker.formats import escape_html
 from worker.http import ServiceClient, bearer_headers
+from worker.integration import Integration
 from worker.journey import JourneyContext
+from worker.note import fit, title
 from worker.ratelimit import SharedRateLimiter
-from worker.render import (
-    HUBSPOT_PROPERTIES,
-    HUBSPOT_PROPERTY_GROUP,
-    hubspot_contact_properties,
-    render_hubspot_note_html,
-)
-from worker.sinks.base import DeliveryResult, Sink
+from worker.sink import DeliveryResult, Note, Sink
+from worker.templates import render_html
+from worker.text import cut, iso_utc, number
+
+NOTE_MAX_CHARS = 65_536  # hs_note_body limit
+
+HUBSPOT_PROPERTY_GROUP: dict[str, Any] = {
+    "name": "visitor_enrich",
+    "label": "Visitor journey (visitor-enrich)",
+    "displayOrder": -1,
+}
+
+
+def _prop(name: str, label: str, description: str, kind: str = "string") -> dict[str, Any]:
+    field_type = {"string": "text", "number": "number", "datetime": "date"}[kind]
+    return {
+        "name": name,
+        "label": label,
+        "type": kind,
+        "fieldType": field_type,
+        "groupName": HUBSPOT_PROPERTY_GROUP["name"],
+        "description": description,
+    }
+
+
+HUBSPOT_PROPERTIES: list[dict[str, Any]] = [
+    _prop("ve_visitor_id", "Visitor ID", "Analytics visitor id (datafast_visitor_id cookie)."),
+    _prop(
+        "ve_first_touch",
+        "First touch",
+        "Where the visitor first came from (UTM, ref, referrer or 'direct').",
+    ),
+    _prop("ve_referrer", "First-touch referrer", "Referrer of the first session."),
+    _prop("ve_utm_source", "First-touch UTM source", "utm_source of the first session."),
+    _prop("ve_utm_medium", "First-touch UTM medium", "utm_medium of the first session."),
+    _prop("ve_utm_campaign", "First-touch UTM campaign", "utm_campaign of the first session."),
+    _prop("ve_first_visit_at", "First visit", "First known visit (UTC).", "datetime"),
+    _prop("ve_last_visit_at", "Last visit", "Latest known visit (UTC).", "datetime"),
+    _prop("ve_visit_count", "Visits", "Number of visits.", "number"),
+    _prop("ve_pageview_count", "Pageviews", "Number of pageviews.", "number"),
+    _prop("ve_lead_score", "Lead score", "0-100 likelihood to convert.", "number"),
+    {
+        **_prop(
+            "ve_lead_score_estimated",
+            "Lead score estimated",
+            "Yes when visitor-enrich estimated the score because the analytics provider gave none.",
+        ),
+        "type": "enumeration",
+        "fieldType": "booleancheckbox",
+        "options": [
+            {"label": "Yes", "value": "true", "displayOrder": 0},
+            {"label": "No", "value": "false", "displayOrder": 1},
+        ],
+    },
+    _prop("ve_expected_value", "Expected value (USD)", "Predicted revenue value in USD.", "number"),
+    _prop("ve_country", "Country", "Country of the latest pageview."),
+    _prop("ve_last_page", "Last page", "Latest page URL seen for the visitor."),
+]
+
+_HUBSPOT_NAMES = frozenset(p["name"] for p in HUBSPOT_PROPERTIES)
+
+
+def hubspot_contact_properties(event: Event, ctx: JourneyContext) -> dict[str, str]:
+    """Values for ``HUBSPOT_PROPERTIES`` as HubSpot takes them; unknown values are left out."""
+    if not ctx.found:
+        values: dict[str, str | None] = {"ve_visitor_id": ctx.visitor_id}
+    else:
+        touch, p = ctx.first_touch, ctx.prediction
+        values = {
+            "ve_visitor_id": ctx.visitor_id,
+            "ve_first_touch": touch.label,
+            "ve_referrer": touch.referrer,
+            "ve_utm_source": touch.utm_source,
+            "ve_utm_medium": touch.utm_medium,
+            "ve_utm_campaign": touch.utm_campaign,
+            "ve_first_visit_at": iso_utc(ctx.first_visit_at) if ctx.first_visit_at else None,
+            "ve_last_visit_at": iso_utc(ctx.last_visit_at) if ctx.last_visit_at else None,
+            "ve_visit_count": _int(ctx.visit_count),
+            "ve_pageview_count": _int(ctx.pageview_count),
+            "ve_lead_score": number(p.score) if p else None,
+            "ve_lead_score_estimated": ("true" if p.estimated else "false") if p else None,
+            "ve_expected_value": number(p.expected_value)
+            if p and p.expected_value is not None
+            else None,
+            "ve_country": ctx.location.country or ctx.location.country_code,
+            "ve_last_page": ctx.current_url
+            or (ctx.recent_pages[0].url if ctx.recent_pages else None),
+        }
+    return {
+        name: cut(value, NOTE_MAX_CHARS)
+        for name, value in values.items()
+        if value and name in _HUBSPOT_NAMES
+    }
+
+
+def _int(value: int | None) -> str | None:
+    return str(value) if value is not None else None
+
+
+def render_hubspot_note_html(event: Event, ctx: JourneyContext) -> str:
+    """``hs_note_body`` of a HubSpot note, within HubSpot's 65,536 characters.
+
+    Long page lists, metadata and values are cut first; the marker footer is never cut.
+    """
+    fallback = (
+        f"<p><strong>{escape_html(cut(title(event, ctx), 500))}</strong></p>"
+        "<p>The journey is too large for a note; see the contact's visitor journey "
+        f"properties.</p><p><small>{escape_html(event.marker)}</small></p>"
+    )
+    return fit(lambda limits: render_html(event, ctx, limits), NOTE_MAX_CHARS, fallback)
+
 
 NOTE_TO_CONTACT = 202  # HUBSPOT_DEFINED association type: note -> contact
 # A custom note property holding the event id, so a redelivered task can find its note.
@@ -101,12 +209,12 @@ class HubSpotSink(Sink):
 
     # Delivery ----------------------------------------------------------------------------
 
-    def deliver(self, event: Event, context: JourneyContext) -> DeliveryResult:
+    def deliver(self, event: Event, context: JourneyContext, note: Note) -> DeliveryResult:
         contact_id = self.upsert_contact(event, hubspot_contact_properties(event, context))
-        note = {
+        body = {
             "properties": {
                 "hs_timestamp": (event.occurred_at or datetime.now(UTC)).isoformat(),
-                "hs_note_body": render_hubspot_note_html(event, context),
+                "hs_note_body": note.body,
                 NOTE_EVENT_PROPERTY: event.id,
             },
             "associations": [
@@ -122,9 +230,12 @@ class HubSpotSink(Sink):
             ],
         }
         note_id = _id(
-            self.http.request("POST", "crm/v3/objects/notes", json_body=note).json(), self.name
+            self.http.request("POST", "crm/v3/objects/notes", json_body=body).json(), self.name
         )
         return DeliveryResult(external_id=note_id, detail=f"note on contact {contact_id}")
+
+    def default_note(self, event: Event, context: JourneyContext) -> str:
+        return render_hubspot_note_html(event, context)
 
     def already_delivered(self, event: Event) -> bool | None:
         # An exact match on the note's own property: full-text search (CONTAINS_TOKEN on the
@@ -192,3 +303,6 @@ def _names(full_name: str | None) -> dict[str, str]:
         return {}
     first, _, last = full_name.strip().partition(" ")
     return {"firstname": first, **({"lastname": last.strip()} if last.strip() else {})}
+
+
+INTEGRATION = Integration(name="hubspot", label="HubSpot", sink=HubSpotSink)

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ValidationError
 from config import Settings
 from worker.errors import BadResponse
 from worker.http import ServiceClient, UpstreamResponse
-from worker.journey import JourneyContext
+from worker.journey import JourneyContext, RealtimeSnapshot
 from worker.ratelimit import SharedRateLimiter
 
 
@@ -22,6 +22,8 @@ class Source(ABC):
     label: ClassVar[str]
     # Whether the provider's visitor ids are UUIDs (checked at the door, 400 otherwise).
     requires_uuid: ClassVar[bool] = False
+    # Whether ``fetch_realtime`` lists the visitors on the site now (realtime alerts).
+    has_realtime: ClassVar[bool] = False
 
     def __init__(self, settings: Settings, limiter: SharedRateLimiter) -> None:
         self.settings = settings
@@ -38,6 +40,10 @@ class Source(ABC):
     @abstractmethod
     def fetch_journey(self, visitor_id: str) -> JourneyContext:
         """The visitor's journey; raises ``worker.errors`` types on failure."""
+
+    def fetch_realtime(self) -> RealtimeSnapshot:
+        """The visitors on the site now; only sources with ``has_realtime`` implement it."""
+        raise NotImplementedError(f"{self.label} has no realtime feed")
 
     def check(self) -> str:
         """A cheap reachability check for ``visitor-enrich check``; raises on failure."""

@@ -8,10 +8,10 @@ from config import Settings
 from worker.errors import BadResponse, Rejected
 from worker.events import Event
 from worker.http import ServiceClient, secret_text
+from worker.integration import Integration
 from worker.journey import JourneyContext
 from worker.ratelimit import SharedRateLimiter
-from worker.render import render_zendesk_html
-from worker.sinks.base import DeliveryResult, Sink
+from worker.sink import DeliveryResult, Note, Sink
 
 
 class ZendeskSink(Sink):
@@ -37,12 +37,12 @@ class ZendeskSink(Sink):
     def skip_reason(self, event: Event, context: JourneyContext) -> str | None:
         if not event.ticket_id:
             return "no ticket_id on the event"
-        return super().skip_reason(event, context)
+        return self.other_system(event) or super().skip_reason(event, context)
 
-    def deliver(self, event: Event, context: JourneyContext) -> DeliveryResult:
+    def deliver(self, event: Event, context: JourneyContext, note: Note) -> DeliveryResult:
         if not (event.ticket_id or "").isdigit():
             raise Rejected(f"ticket_id {event.ticket_id!r} is not a Zendesk ticket number")
-        comment = {"html_body": render_zendesk_html(event, context), "public": False}
+        comment = {"html_body": note.body, "public": False}
         response = self.http.request(
             "PUT",
             f"api/v2/tickets/{event.ticket_id}.json",
@@ -77,3 +77,6 @@ class ZendeskSink(Sink):
     def check(self) -> str:
         self.http.request("GET", "api/v2/users/me.json")
         return f"{self.label} answered at {self.http.base_url}"
+
+
+INTEGRATION = Integration(name="zendesk", label="Zendesk", sink=ZendeskSink)

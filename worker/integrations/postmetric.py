@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from config import Settings
 from worker.errors import AuthFailed, Rejected, VisitorNotFound
 from worker.http import ServiceClient, bearer_headers
+from worker.integration import Integration
 from worker.journey import (
     RECENT_PAGES,
     FirstTouch,
@@ -30,7 +31,7 @@ from worker.journey import (
     Technology,
 )
 from worker.ratelimit import SharedRateLimiter
-from worker.sources.base import Source, parse_envelope
+from worker.source import Source, parse_envelope
 
 MISSING_ID_MESSAGE = "visitorId parameter is required"
 
@@ -213,3 +214,6 @@ class PostMetricSource(Source):
         except Rejected:
             pass
         return f"{self.label} answered at {self.http.base_url}"
+
+
+INTEGRATION = Integration(name="postmetric", label="PostMetric", source=PostMetricSource)

@@ -1,4 +1,6 @@
-"""DataFast: ``GET /api/v1/visitors/{visitorId}`` (seed 000) mapped into a JourneyContext.
+"""DataFast: ``GET /api/v1/visitors/{visitorId}`` (seed 000) mapped into a JourneyContext, and
+the realtime map ``GET /api/v1/analytics/realtime/map`` (seeds 002/003) mapped into the active
+visitors that realtime hot-visitor alerts are chosen from (``worker/realtime.py``).
 
 The models cover every documented field and allow fields the documentation does not list;
 every value may be null for old or cookieless visitors.
@@ -6,16 +8,20 @@ every value may be null for old or cookieless visitors.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from config import Settings
 from worker.errors import Rejected, VisitorNotFound
 from worker.http import ServiceClient, bearer_headers
+from worker.integration import Integration
 from worker.journey import (
     RECENT_PAGES,
+    ActiveVisitor,
     FirstTouch,
     Goal,
     IdentifiedProfile,
@@ -23,10 +29,12 @@ from worker.journey import (
     Location,
     PageVisit,
     Prediction,
+    RealtimeSnapshot,
+    RecentPayment,
     Technology,
 )
 from worker.ratelimit import SharedRateLimiter
-from worker.sources.base import Source, parse_envelope
+from worker.source import Source, parse_envelope
 
 
 class _Open(BaseModel):
@@ -211,10 +219,159 @@ def to_journey(profile: VisitorProfile) -> JourneyContext:
     )
 
 
+# The realtime map --------------------------------------------------------------------------
+
+
+def _dict_or_empty(value: Any) -> Any:
+    return {} if value is None else value
+
+
+def _list_or_empty(value: Any) -> Any:
+    return [] if value is None else value
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return None
+
+
+class RealtimeLocation(_Open):
+    city: str | None = None
+    region: str | None = None
+    country_code: str | None = Field(default=None, alias="countryCode")
+
+    @property
+    def label(self) -> str | None:
+        return ", ".join(p for p in (self.city, self.region, self.country_code) if p) or None
+
+
+class RealtimeSystem(_Open):
+    browser: str | None = None
+    os: str | None = None
+    device: str | None = None
+
+    @property
+    def label(self) -> str | None:
+        return " · ".join(p for p in (self.device, self.browser, self.os) if p) or None
+
+
+class RealtimeVisitor(_Open):
+    visitor_id: str = Field(alias="visitorId")
+    location: RealtimeLocation = Field(default_factory=RealtimeLocation)
+    system: RealtimeSystem = Field(default_factory=RealtimeSystem)
+    current_url: str | None = Field(default=None, alias="currentUrl")
+    profile_data: dict[str, Any] = Field(default_factory=dict, alias="profileData")
+    # "Prediction score and raw values when available": an object (``score`` inside), null,
+    # or, tolerated, a bare number.
+    conversion_likelihood: Any = Field(default=None, alias="conversionLikelihood")
+
+    @field_validator("location", "system", "profile_data", mode="before")
+    @classmethod
+    def _null_is_empty(cls, value: Any) -> Any:
+        return _dict_or_empty(value)
+
+    @property
+    def score(self) -> float | None:
+        """The 0-100 conversion likelihood score, when DataFast gives one."""
+        value = self.conversion_likelihood
+        if isinstance(value, dict):
+            for key in ("score", "conversionLikelihood", "likelihood"):
+                number = _number(value.get(key))
+                if number is not None:
+                    return number
+            return None
+        return _number(value)
+
+
+class RealtimePayment(_Open):
+    """A ``recentPayments`` entry; its fields are not documented, so all are optional."""
+
+    visitor_id: str | None = Field(default=None, alias="visitorId")
+    amount: float | None = None
+    currency: str | None = None
+
+    @property
+    def key(self) -> str:
+        """A stable id for deduping: the payment's own id when it has one."""
+        extra = self.model_extra or {}
+        for name in ("id", "_id", "paymentId", "transactionId", "eventId"):
+            if extra.get(name):
+                return str(extra[name])[:100]
+        raw = json.dumps(self.model_dump(mode="json", by_alias=True), sort_keys=True)
+        return hashlib.sha256(raw.encode()).hexdigest()[:32]
+
+    @property
+    def label(self) -> str:
+        if self.amount is None:
+            return "payment"
+        amount = f"{self.amount:,.2f}".rstrip("0").rstrip(".")
+        return f"payment {amount} {self.currency.upper()}" if self.currency else f"payment {amount}"
+
+
+class RealtimeMap(_Open):
+    """``data`` of ``GET /analytics/realtime/map``."""
+
+    count: int | None = None
+    visitors: list[RealtimeVisitor] = Field(default_factory=list)
+    conversion_metrics: dict[str, Any] = Field(default_factory=dict, alias="conversionMetrics")
+    has_conversion_predictions: bool | None = Field(default=None, alias="hasConversionPredictions")
+    recent_events: list[dict[str, Any]] = Field(default_factory=list, alias="recentEvents")
+    recent_payments: list[RealtimePayment] = Field(default_factory=list, alias="recentPayments")
+
+    @field_validator("conversion_metrics", mode="before")
+    @classmethod
+    def _null_is_empty(cls, value: Any) -> Any:
+        return _dict_or_empty(value)
+
+    @field_validator("visitors", "recent_events", "recent_payments", mode="before")
+    @classmethod
+    def _objects_only(cls, value: Any, info: ValidationInfo) -> Any:
+        # One odd entry must not cost every alert: keep the objects, drop the rest.
+        value = _list_or_empty(value)
+        if not isinstance(value, list):
+            return value
+        kept = [v for v in value if isinstance(v, dict)]
+        if info.field_name == "visitors":
+            kept = [v for v in kept if isinstance(v.get("visitorId"), str) and v["visitorId"]]
+        return kept
+
+    def snapshot(self) -> RealtimeSnapshot:
+        """The map as the provider-neutral active visitors and payments."""
+        return RealtimeSnapshot(
+            visitors=[
+                ActiveVisitor(
+                    visitor_id=v.visitor_id,
+                    location=v.location.label,
+                    device=v.system.label,
+                    current_url=v.current_url,
+                    profile=v.profile_data,
+                    score=v.score,
+                )
+                for v in self.visitors
+            ],
+            payments=[
+                RecentPayment(visitor_id=p.visitor_id, key=p.key, label=p.label)
+                for p in self.recent_payments
+            ],
+        )
+
+
+# The source --------------------------------------------------------------------------------
+
+
 class DataFastSource(Source):
     name = "datafast"
     label = "DataFast"
     requires_uuid = True
+    has_realtime = True
 
     @classmethod
     def configured(cls, settings: Settings) -> bool:
@@ -251,7 +408,18 @@ class DataFastSource(Source):
     def fetch_journey(self, visitor_id: str) -> JourneyContext:
         return to_journey(self.fetch_profile(visitor_id))
 
+    def fetch_realtime_map(self) -> RealtimeMap:
+        """``GET /analytics/realtime/map`` under the DataFast rate limit and error mapping."""
+        response = self.http.request("GET", "analytics/realtime/map", params=self._params())
+        return parse_envelope(response, RealtimeMap)
+
+    def fetch_realtime(self) -> RealtimeSnapshot:
+        return self.fetch_realtime_map().snapshot()
+
     def check(self) -> str:
         # The realtime map is a cheap authenticated read that needs no visitor id.
         self.http.request("GET", "analytics/realtime/map", params=self._params())
         return f"{self.label} answered at {self.http.base_url}"
+
+
+INTEGRATION = Integration(name="datafast", label="DataFast", source=DataFastSource)

@@ -1,0 +1,195 @@
+"""Inbound webhook adapters: a helpdesk's, chat tool's, billing or sign-up tool's own webhook,
+verified its own way and mapped onto ``Event``s.
+
+``POST /v1/webhooks/{system}`` (``worker/web.py``) reads the raw body (size-limited), hands it
+to the system's ``WebhookAdapter`` and takes the events it maps through the same atomic intake
+as ``POST /v1/events``:
+
+- ``verify`` checks the sender's signature over the raw bytes (constant-time compares, the
+  sender's timestamp tolerance); ``SignatureError`` is answered 401;
+- ``map_events`` turns the JSON into events: ``EventRejected`` (422 naming the field, or 400)
+  for a payload it cannot map, ``Ignored`` (200 ``ignored``, so the sender does not retry it
+  forever) for a kind of webhook it does not handle. None of these queues anything.
+
+An adapter runs in the web process and must answer fast: it makes no outgoing call. When the
+payload lacks the email or the visitor id, the event names the lookup the worker makes in that
+system's API before fetching the journey (``Event.lookup``; ``Sink.complete_event``).
+
+The sender's own event id is the event id (with the system's prefix), so its retries are
+answered ``duplicate``. Pure: no I/O here.
+"""
+
+from __future__ import annotations
+
+import hmac
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+from pydantic import SecretStr
+
+from config import Settings
+from worker.events import Event, EventRejected, is_email
+from worker.signature import SignatureError
+
+__all__ = [
+    "Ignored",
+    "WebhookAdapter",
+    "WebhookRequest",
+    "constant_time_equal",
+    "custom_fields",
+    "date_field",
+    "email_field",
+    "reject",
+    "require_signature",
+    "secret_values",
+    "text_field",
+]
+
+MAX_CUSTOM_FIELDS = 50
+MAX_FIELD_CHARS = 500
+
+
+class Ignored(Exception):
+    """A webhook this adapter does not handle (another topic, a bot's message): 200 ``ignored``."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class WebhookRequest:
+    """What an adapter sees of one inbound request."""
+
+    method: str
+    # The path and query as received (HubSpot signs the full URI).
+    url: str
+    body: bytes
+    # Lower-case header names, the first of repeated ones.
+    headers: Mapping[str, str]
+    query: Mapping[str, str] = field(default_factory=dict)
+    # ``?website=`` on the webhook path: which DataFast website the visitor ids belong to.
+    website: str | None = None
+
+
+def constant_time_equal(given: str | bytes, expected: str | bytes) -> bool:
+    """Compare a secret or signature without leaking where they differ."""
+    a = given.encode() if isinstance(given, str) else given
+    b = expected.encode() if isinstance(expected, str) else expected
+    return hmac.compare_digest(a, b)
+
+
+def secret_values(secret: SecretStr | None) -> list[str]:
+    """The secrets in force for one setting: several, comma-separated, during a rotation."""
+    if secret is None:
+        return []
+    return [s.strip() for s in secret.get_secret_value().split(",") if s.strip()]
+
+
+class WebhookAdapter(ABC):
+    """One outside system's inbound webhook. One instance per web process."""
+
+    system: ClassVar[str]
+    label: ClassVar[str]
+    # The answer for a queued event; Rocket.Chat retries anything but 200.
+    accepted_status: ClassVar[int] = 202
+
+    def __init__(self, settings: Settings, *, require_uuid: bool = True) -> None:
+        self.settings = settings
+        # The configured source's rule for visitor ids (DataFast's are UUIDs): checked here.
+        self.require_uuid = require_uuid
+
+    @classmethod
+    @abstractmethod
+    def configured(cls, settings: Settings) -> bool:
+        """Whether the secret that authenticates this sender is set (else every call is 401)."""
+
+    @abstractmethod
+    def verify(self, request: WebhookRequest) -> None:
+        """Raise ``SignatureError`` unless the request is signed by the sender."""
+
+    @abstractmethod
+    def map_events(self, request: WebhookRequest, payload: Any) -> Sequence[Event]:
+        """The events this webhook stands for (usually one; a batch for HubSpot)."""
+
+    def not_configured_message(self) -> str:
+        return f"{self.label} webhooks are refused: its secret is not set on the server"
+
+
+def require_signature(ok: bool, what: str) -> None:
+    """Raise ``SignatureError(what)`` unless ``ok``: the one way adapters refuse a request."""
+    if not ok:
+        raise SignatureError(what)
+
+
+def reject(field_name: str, message: str, status_code: int = 422) -> EventRejected:
+    """An ``EventRejected`` naming the payload field that could not be mapped."""
+    return EventRejected(status_code, f"{field_name}: {message}")
+
+
+# Reading payload values -------------------------------------------------------------------
+
+
+def text_field(value: Any, limit: int = MAX_FIELD_CHARS) -> str | None:
+    """A payload value as stripped text (numbers too), cut to ``limit``; None when empty."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int | float):
+        value = str(value)
+    if not isinstance(value, str):
+        return None
+    value = value.strip()
+    return value[:limit] if value else None
+
+
+def custom_fields(value: Any) -> dict[str, str]:
+    """Custom fields as text, from a ``{name: value}`` object or a ``[{_id|name, value}]`` list."""
+    pairs: list[tuple[Any, Any]] = []
+    if isinstance(value, dict):
+        pairs = list(value.items())
+    elif isinstance(value, list):
+        for item in value:
+            if isinstance(item, dict):
+                key = item.get("_id") or item.get("field") or item.get("name") or item.get("key")
+                pairs.append((key, item.get("value")))
+    fields: dict[str, str] = {}
+    for key, raw in pairs:
+        name, text = text_field(key, 100), text_field(raw)
+        if name and text and len(fields) < MAX_CUSTOM_FIELDS:
+            fields[name] = text
+    return fields
+
+
+def email_field(value: Any) -> str | None:
+    """An email: a string, or the first ``address`` of a list of ``{address}`` objects
+    (Rocket.Chat's ``visitorEmails``); None when it is not an email address."""
+    if isinstance(value, list):
+        value = next(
+            (v.get("address") for v in value if isinstance(v, dict) and v.get("address")), None
+        )
+    text = text_field(value, 320)
+    return text if text and is_email(text) else None
+
+
+def date_field(value: Any) -> datetime | None:
+    """A date as senders write it: ISO 8601 text, ``{"$date": ms}`` (Rocket.Chat), or a number
+    of milliseconds (or of seconds, when it is too small to be milliseconds)."""
+    if isinstance(value, dict):
+        value = value.get("$date")
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        try:
+            # Before 1973 in milliseconds is after 2001 in seconds: senders mean the latter.
+            seconds = value / 1000 if value > 100_000_000_000 else value
+            return datetime.fromtimestamp(seconds, tz=UTC)
+        except (OverflowError, OSError, ValueError):
+            return None
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    return None
