@@ -1,5 +1,19 @@
 """Configuration: the only place environment variables are read."""
 
-from config.settings import ConfigError, Rate, Settings, get_settings, load_settings
+from config.settings import (
+    ConfigError,
+    DataFastWebsite,
+    Rate,
+    Settings,
+    get_settings,
+    load_settings,
+)
 
-__all__ = ["ConfigError", "Rate", "Settings", "get_settings", "load_settings"]
+__all__ = [
+    "ConfigError",
+    "DataFastWebsite",
+    "Rate",
+    "Settings",
+    "get_settings",
+    "load_settings",
+]

@@ -309,6 +309,13 @@ class Settings(BaseSettings):
             raise ValueError("must be a df_ website key or a dft_ account token")
         return value
 
+    @field_validator("datafast_websites")
+    @classmethod
+    def _check_websites(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            parse_websites(value.get_secret_value())
+        return value
+
     @field_validator("slack_webhook_url")
     @classmethod
     def _check_slack_url(cls, value: SecretStr | None) -> SecretStr | None:
@@ -361,6 +368,13 @@ class Settings(BaseSettings):
         return [p.strip() for p in self.hot_paths.split(",") if p.strip()]
 
     @property
+    def websites(self) -> dict[str, DataFastWebsite]:
+        """``DATAFAST_WEBSITES`` by name (validated at start-up)."""
+        if self.datafast_websites is None:
+            return {}
+        return parse_websites(self.datafast_websites.get_secret_value())
+
+    @property
     def max_countdown(self) -> float:
         """The longest countdown a task may be re-scheduled with (see visibility timeout)."""
         return self.broker_visibility_timeout / 2
@@ -372,7 +386,51 @@ class Settings(BaseSettings):
             value = getattr(self, name)
             if isinstance(value, SecretStr) and value.get_secret_value():
                 values.append(value.get_secret_value())
+        # Each website's key on its own: a log line would show one, not the whole setting.
+        values += [w.api_key.get_secret_value() for w in self.websites.values()]
         return values
+
+
+class DataFastWebsite:
+    """One of ``DATAFAST_WEBSITES``: its API key and, for a ``dft_`` account token, its id."""
+
+    __slots__ = ("api_key", "name", "website_id")
+
+    def __init__(self, name: str, api_key: SecretStr, website_id: str | None) -> None:
+        self.name = name
+        self.api_key = api_key
+        self.website_id = website_id
+
+    def __repr__(self) -> str:
+        return f"DataFastWebsite({self.name!r}, website_id={self.website_id!r})"
+
+
+_WEBSITE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+def parse_websites(text: str) -> dict[str, DataFastWebsite]:
+    """``shop=df_abc,blog=dft_xyz:website-id`` by name; ``ValueError`` says what is wrong
+    without repeating a key."""
+    websites: dict[str, DataFastWebsite] = {}
+    for index, entry in enumerate(e.strip() for e in text.split(",")):
+        if not entry:
+            continue
+        name, sep, credentials = entry.partition("=")
+        name = name.strip()
+        if not sep or not _WEBSITE_NAME.fullmatch(name):
+            raise ValueError(
+                f"entry {index + 1} must be name=df_key or name=dft_token:websiteId "
+                "(names: letters, digits, . _ -)"
+            )
+        key, _, website_id = credentials.strip().partition(":")
+        if not key.startswith(("df_", "dft_")):
+            raise ValueError(f"{name}: the key must be a df_ website key or a dft_ account token")
+        if key.startswith("dft_") and not website_id.strip():
+            raise ValueError(f"{name}: a dft_ account token needs :websiteId after it")
+        if name in websites:
+            raise ValueError(f"{name}: named twice")
+        websites[name] = DataFastWebsite(name, SecretStr(key), website_id.strip() or None)
+    return websites
 
 
 def _all_or_none(settings: Settings, names: tuple[str, ...]) -> None:

@@ -112,3 +112,42 @@ def test_dead_letters_list_show_and_purge(env: dict[str, str]) -> None:
     purged = run(env, "dead", "purge", "--yes")
     assert "purged 1" in purged.stdout
     assert "no dead letters" in run(env, "dead", "list").stdout
+
+
+def test_render_prints_the_note_and_posts_nothing(env: dict[str, str], fake: FakeUpstream) -> None:
+    visitor = fake.add_visitor(full_profile())
+    result = run(env, "render", visitor, "--sink", "zendesk", "--type", "support_ticket")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("<p><strong>Visitor journey from DataFast")
+    assert "# Zendesk, template note.html.j2" in result.stderr
+    assert fake.requests_to("zendesk") == [] and fake.requests_to("hubspot") == []
+
+
+def test_render_with_a_template_file(
+    env: dict[str, str], fake: FakeUpstream, tmp_path: Path
+) -> None:
+    visitor = fake.add_visitor(full_profile())
+    mine = tmp_path / "mine.html.j2"
+    mine.write_text("<p>{{ journey.visit_count }} visits from {{ first_touch }}</p>{{ marker }}")
+    result = run(env, "render", visitor, "--sink", "zendesk", "--template", str(mine))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("<p>") and " visits from " in result.stdout
+    broken = tmp_path / "broken.html.j2"
+    broken.write_text("{{ journey.nothing_here }}")
+    failed = run(env, "render", visitor, "--sink", "zendesk", "--template", str(broken))
+    assert failed.returncode == 1
+    assert "warning: template broken.html.j2 failed" in failed.stderr
+    assert failed.stdout.startswith("<p><strong>Visitor journey")  # the built-in note
+    unknown = run(env, "render", visitor, "--sink", "zendesk-typo")
+    assert unknown.returncode == 2 and "unknown sink 'zendesk-typo'" in unknown.stderr
+
+
+def test_check_reports_routes_and_refuses_a_bad_file(env: dict[str, str], tmp_path: Path) -> None:
+    routes = tmp_path / "routes.yaml"
+    routes.write_text("rules:\n  - name: all\n    send_to: [hubspot, zendesk]\n")
+    result = run({**env, "ROUTES_FILE": str(routes)}, "check")
+    assert f"ok    routes {routes}: 1 rules (all)" in result.stdout, result.stdout + result.stderr
+    routes.write_text("rules:\n  - name: all\n    when: {score: 3}\n    send_to: [hubspot]\n")
+    bad = run({**env, "ROUTES_FILE": str(routes)}, "check")
+    assert bad.returncode == 2
+    assert f"{routes}: line 3: rules.0.when.score: unknown key" in bad.stderr

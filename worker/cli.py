@@ -1,4 +1,4 @@
-"""The ``visitor-enrich`` command: serve, check, enrich, hubspot-setup, dead letters.
+"""The ``visitor-enrich`` command: serve, check, enrich, render, hubspot-setup, dead letters.
 
 Built with Typer (argument parsing, help, exit codes) rather than by hand.
 """
@@ -13,7 +13,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -28,12 +28,26 @@ cli = typer.Typer(
 dead_cli = typer.Typer(help="Dead letters: what ran out of retries or failed for good.")
 cli.add_typer(dead_cli, name="dead")
 
+if TYPE_CHECKING:
+    from worker.runtime import Runtime
+
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 
 
 def _settings() -> Settings:
     try:
         return load_settings()
+    except ConfigError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
+
+
+def _runtime(settings: Settings) -> Runtime:
+    """The runtime, or exit 2 with the message of a bad routes file or template."""
+    from worker.runtime import build_runtime
+
+    try:
+        return build_runtime(settings)
     except ConfigError as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(2) from None
@@ -169,11 +183,9 @@ def serve(
 
 @cli.command()
 def check() -> None:
-    """Validate settings, ping Redis and each configured API."""
+    """Validate settings, the routes file and templates; ping Redis and each configured API."""
     settings = _settings()
-    from worker.runtime import build_runtime
-
-    rt = build_runtime(settings)
+    rt = _runtime(settings)
     failures = 0
 
     def report(name: str, probe: object) -> None:
@@ -186,6 +198,16 @@ def check() -> None:
             typer.echo(f"FAIL  {name}: {exc}")
 
     typer.echo("ok    settings")
+    if rt.routes is not None:
+        names = ", ".join(r.name for r in rt.routes.rules) or "none"
+        typer.echo(f"ok    routes {settings.routes_file}: {len(rt.routes.rules)} rules ({names})")
+    else:
+        typer.echo("ok    routes: default (no ROUTES_FILE)")
+    if settings.templates_dir:
+        from worker.templates import note_templates
+
+        checked = note_templates(settings.templates_dir).check()
+        typer.echo(f"ok    templates {settings.templates_dir}: {', '.join(checked) or 'none'}")
     report("redis", lambda: "answers" if rt.store.ping() else "no answer")
     source = rt.source
     if source is None:
@@ -255,6 +277,63 @@ def enrich(
             failures += 1
             typer.echo(f"FAIL  {sink_name}: {exc}")
     raise typer.Exit(1 if failures else 0)
+
+
+@cli.command()
+def render(
+    visitor_id: Annotated[str, typer.Argument(help="The datafast_visitor_id.")],
+    sink_name: Annotated[str, typer.Option("--sink", help="The sink to render for.")],
+    template: Annotated[
+        Path | None,
+        typer.Option(help="A template file to try instead of the sink's own.", exists=True),
+    ] = None,
+    event_type: Annotated[
+        str, typer.Option("--type", help="signup, support_ticket, livechat or payment.")
+    ] = "signup",
+    email: Annotated[str | None, typer.Option(help="Contact email.")] = None,
+    name: Annotated[str | None, typer.Option(help="Contact name.")] = None,
+    website: Annotated[str | None, typer.Option(help="A DATAFAST_WEBSITES name.")] = None,
+) -> None:
+    """Print the note a sink would post for a visitor, from the journey fetched now; posts
+    nothing. With --template, render that file (as TEMPLATES_DIR would) instead."""
+    settings = _settings()
+    from worker.errors import EnrichmentError
+    from worker.events import Event
+    from worker.integrations import SINKS
+    from worker.tasks import fetch_context
+
+    sink_class = next((s for s in SINKS if s.name == sink_name), None)
+    if sink_class is None:
+        typer.echo(
+            f"unknown sink {sink_name!r}; sinks: {', '.join(s.name for s in SINKS)}", err=True
+        )
+        raise typer.Exit(2)
+    if template is not None:
+        # The file's folder stands in for TEMPLATES_DIR, so the file is found by its name.
+        settings = settings.model_copy(update={"templates_dir": str(template.parent)})
+    rt = _runtime(settings)
+    sink = sink_class(settings, rt.limiter)
+    event = Event.model_validate(
+        {
+            "id": f"cli_{uuid.uuid4().hex[:12]}",
+            "type": event_type,
+            "visitor_id": visitor_id,
+            "email": email,
+            "name": name,
+            "website": website,
+        }
+    )
+    try:
+        context = fetch_context(rt, event)
+    except EnrichmentError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    note = sink.render_note(event, context, template.name if template else None)
+    typer.echo(f"# {sink.label}, template {note.template or 'built in'}", err=True)
+    if note.warning:
+        typer.echo(f"warning: {note.warning}", err=True)
+    typer.echo(note.body)
+    raise typer.Exit(1 if note.warning else 0)
 
 
 @cli.command("hubspot-setup")

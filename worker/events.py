@@ -6,6 +6,7 @@ Everything here is pure: the web layer reads bytes and headers, these functions 
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -187,6 +188,13 @@ def is_uuid(value: str) -> bool:
     return _UUID_TEXT.fullmatch(value) is not None
 
 
+def check_website(website: str, websites: Collection[str]) -> None:
+    """Refuse (422) a website name that ``DATAFAST_WEBSITES`` does not define."""
+    if website not in websites:
+        known = ", ".join(sorted(websites)) or "none: DATAFAST_WEBSITES is not set"
+        raise EventRejected(422, f"website: unknown website {website[:60]!r}; known: {known}")
+
+
 def _schema_message(exc: ValidationError) -> str:
     parts = []
     for error in exc.errors(include_url=False, include_input=False):
@@ -203,12 +211,14 @@ def parse_event(
     header_id: str | None,
     require_uuid: bool = True,
     fallback_id: str | None = None,
+    websites: Collection[str] = (),
 ) -> Event:
     """Validate an inbound JSON payload into an ``Event`` or raise ``EventRejected``.
 
     ``header_id`` is the ``webhook-id`` header, used when the body has no ``id``;
     ``fallback_id`` is used when neither is given (unsigned development mode only).
-    ``require_uuid`` is the source's rule for visitor ids (DataFast: UUID v4).
+    ``require_uuid`` is the source's rule for visitor ids (DataFast: UUID v4);
+    ``websites`` the names an event may give in ``website`` (``DATAFAST_WEBSITES``).
     """
     if not isinstance(payload, dict):
         raise EventRejected(422, "body: the event must be a JSON object")
@@ -237,6 +247,8 @@ def parse_event(
         raise EventRejected(422, "ticket_id: required for a support_ticket event")
     if visitor_id and require_uuid and not is_uuid(visitor_id):
         raise EventRejected(400, f"datafast_visitor_id: {visitor_id[:60]!r} is not a UUID")
+    if inbound.website is not None:
+        check_website(inbound.website, websites)
 
     return Event(
         id=event_id,

@@ -38,8 +38,9 @@ class Source(ABC):
     def build_client(self, settings: Settings, limiter: SharedRateLimiter) -> ServiceClient: ...
 
     @abstractmethod
-    def fetch_journey(self, visitor_id: str) -> JourneyContext:
-        """The visitor's journey; raises ``worker.errors`` types on failure."""
+    def fetch_journey(self, visitor_id: str, website: str | None = None) -> JourneyContext:
+        """The visitor's journey; raises ``worker.errors`` types on failure. ``website`` names
+        one of several websites (``DATAFAST_WEBSITES``) where the source has them."""
 
     def fetch_realtime(self) -> RealtimeSnapshot:
         """The visitors on the site now; only sources with ``has_realtime`` implement it."""

@@ -59,7 +59,7 @@ def fetch_context(rt: Runtime, event: Event) -> JourneyContext:
         reason = event.missing_reason or "no datafast_visitor_id on the event"
         return JourneyContext.not_found(label, "", reason)
     try:
-        context = source.fetch_journey(event.visitor_id)
+        context = source.fetch_journey(event.visitor_id, event.website)
     except VisitorNotFound as exc:
         return JourneyContext.not_found(label, event.visitor_id, f"{label} answered {exc.message}")
     if context.found and context.prediction is None:

@@ -26,7 +26,7 @@ from starlette.types import Receive, Scope, Send
 
 from config import Settings, get_settings
 from worker import __version__
-from worker.events import Event, EventRejected, InboundEvent, parse_event
+from worker.events import Event, EventRejected, InboundEvent, check_website, parse_event
 from worker.inbound import Ignored, WebhookAdapter, WebhookRequest
 from worker.intake import ENRICH_EVENT_TASK, EventIntake
 from worker.integrations import build_webhooks
@@ -185,7 +185,11 @@ async def accept_event(intake: EventIntake, event: Event) -> JSONResponse:
 
 
 def add_webhook_route(
-    app: FastAPI, adapter: WebhookAdapter, intake: EventIntake, limit: int
+    app: FastAPI,
+    adapter: WebhookAdapter,
+    intake: EventIntake,
+    limit: int,
+    websites: frozenset[str],
 ) -> None:
     """``POST /v1/webhooks/{system}`` for one adapter (``worker/inbound.py``), and the HEAD
     check some senders make before they save the URL (Intercom)."""
@@ -213,6 +217,8 @@ def add_webhook_route(
             raise ApiError(401, f"bad or missing {adapter.label} signature ({exc})") from None
         payload = decode_json(body)
         try:
+            if webhook.website is not None:
+                check_website(webhook.website, websites)
             events = list(adapter.map_events(webhook, payload))
         except Ignored as exc:
             log.info("webhook ignored", extra={"system": adapter.system, "reason": exc.reason})
@@ -323,6 +329,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     check_signature = signature_check(settings)
     require_uuid = rt.source_class.requires_uuid
     limit = settings.max_body_bytes
+    websites = frozenset(settings.websites)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -362,6 +369,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
                 header_id=headers.get("webhook-id"),
                 require_uuid=require_uuid,
                 fallback_id=None if "webhook-id" in headers else f"evt_{uuid.uuid4().hex}",
+                websites=websites,
             )
         except EventRejected as exc:
             raise ApiError(exc.status_code, exc.message) from None
@@ -409,6 +417,6 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         return success_response({"redis": "up"})
 
     for adapter in build_webhooks(settings, require_uuid=require_uuid).values():
-        add_webhook_route(app, adapter, intake, limit)
+        add_webhook_route(app, adapter, intake, limit, websites)
 
     return app

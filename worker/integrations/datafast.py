@@ -13,7 +13,7 @@ import json
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator
 
 from config import Settings
 from worker.errors import Rejected, VisitorNotFound
@@ -368,34 +368,80 @@ class RealtimeMap(_Open):
 
 
 class DataFastSource(Source):
+    """DataFast, with one API client per website: ``DATAFAST_API_KEY`` (the default) and each
+    of ``DATAFAST_WEBSITES``. Each key has its own shared rate limit (``DATAFAST_RATE_LIMIT``
+    per key), since DataFast counts requests per key."""
+
     name = "datafast"
     label = "DataFast"
     requires_uuid = True
     has_realtime = True
 
+    def __init__(self, settings: Settings, limiter: SharedRateLimiter) -> None:
+        # The query parameters each client sends, by service name (filled by ``_client``).
+        self._params_by_service: dict[str, dict[str, str] | None] = {}
+        super().__init__(settings, limiter)
+        self.websites: dict[str, ServiceClient] = {
+            name: self._client(
+                f"datafast:{name}", settings, limiter, website.api_key, website.website_id
+            )
+            for name, website in settings.websites.items()
+        }
+
     @classmethod
     def configured(cls, settings: Settings) -> bool:
-        return settings.datafast_api_key is not None
+        return settings.datafast_api_key is not None or bool(settings.websites)
 
     def build_client(self, settings: Settings, limiter: SharedRateLimiter) -> ServiceClient:
-        return ServiceClient(
-            "datafast",
+        return self._client(
+            "datafast", settings, limiter, settings.datafast_api_key, settings.datafast_website_id
+        )
+
+    def _client(
+        self,
+        service: str,
+        settings: Settings,
+        limiter: SharedRateLimiter,
+        key: SecretStr | None,
+        website_id: str | None,
+    ) -> ServiceClient:
+        client = ServiceClient(
+            service,
             f"{str(settings.datafast_base_url).rstrip('/')}/api/v1",
             settings=settings,
             limiter=limiter,
             rate=settings.datafast_rate_limit,
-            headers=bearer_headers(settings.datafast_api_key),
+            headers=bearer_headers(key),
         )
+        # A dft_ account token names the website on every request.
+        token = key.get_secret_value() if key is not None else ""
+        self._params_by_service[service] = (
+            {"websiteId": website_id or ""} if token.startswith("dft_") else None
+        )
+        return client
 
-    def _params(self) -> dict[str, str] | None:
-        key = self.settings.datafast_api_key
-        if key is not None and key.get_secret_value().startswith("dft_"):
-            return {"websiteId": self.settings.datafast_website_id or ""}
-        return None
-
-    def fetch_profile(self, visitor_id: str) -> VisitorProfile:
+    def client_for(self, website: str | None) -> ServiceClient:
+        """The client of ``website`` (a ``DATAFAST_WEBSITES`` name), else the default key's."""
+        if website is None:
+            if self.settings.datafast_api_key is None and len(self.websites) == 1:
+                return next(iter(self.websites.values()))
+            return self.http
         try:
-            response = self.http.request("GET", f"visitors/{visitor_id}", params=self._params())
+            return self.websites[website]
+        except KeyError:
+            raise Rejected(
+                f"unknown website {website[:60]!r}; DATAFAST_WEBSITES names "
+                f"{', '.join(self.websites) or 'none'}",
+                service=self.name,
+            ) from None
+
+    def _params(self, client: ServiceClient | None = None) -> dict[str, str] | None:
+        return self._params_by_service.get((client or self.http).service)
+
+    def fetch_profile(self, visitor_id: str, website: str | None = None) -> VisitorProfile:
+        client = self.client_for(website)
+        try:
+            response = client.request("GET", f"visitors/{visitor_id}", params=self._params(client))
         except Rejected as exc:
             # 400: invalid id or a bot; 404: no pageviews. Neither changes on retry.
             if exc.status_code in (400, 404) and not isinstance(exc, VisitorNotFound):
@@ -405,21 +451,33 @@ class DataFastSource(Source):
             raise
         return parse_envelope(response, VisitorProfile)
 
-    def fetch_journey(self, visitor_id: str) -> JourneyContext:
-        return to_journey(self.fetch_profile(visitor_id))
+    def fetch_journey(self, visitor_id: str, website: str | None = None) -> JourneyContext:
+        return to_journey(self.fetch_profile(visitor_id, website))
 
-    def fetch_realtime_map(self) -> RealtimeMap:
+    def _clients(self) -> list[ServiceClient]:
+        default = [self.http] if self.settings.datafast_api_key is not None else []
+        return default + list(self.websites.values())
+
+    def fetch_realtime_map(self, client: ServiceClient | None = None) -> RealtimeMap:
         """``GET /analytics/realtime/map`` under the DataFast rate limit and error mapping."""
-        response = self.http.request("GET", "analytics/realtime/map", params=self._params())
+        client = client or self.http
+        response = client.request("GET", "analytics/realtime/map", params=self._params(client))
         return parse_envelope(response, RealtimeMap)
 
     def fetch_realtime(self) -> RealtimeSnapshot:
-        return self.fetch_realtime_map().snapshot()
+        """The visitors on every configured website now."""
+        snapshots = [self.fetch_realtime_map(c).snapshot() for c in self._clients()]
+        return RealtimeSnapshot(
+            visitors=[v for s in snapshots for v in s.visitors],
+            payments=[p for s in snapshots for p in s.payments],
+        )
 
     def check(self) -> str:
         # The realtime map is a cheap authenticated read that needs no visitor id.
-        self.http.request("GET", "analytics/realtime/map", params=self._params())
-        return f"{self.label} answered at {self.http.base_url}"
+        for client in self._clients():
+            client.request("GET", "analytics/realtime/map", params=self._params(client))
+        names = ", ".join(c.service for c in self._clients())
+        return f"{self.label} answered at {self.http.base_url} ({names})"
 
 
 INTEGRATION = Integration(name="datafast", label="DataFast", source=DataFastSource)

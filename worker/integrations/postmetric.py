@@ -201,7 +201,7 @@ class PostMetricSource(Source):
             ) from None
         return parse_envelope(response, PostMetricVisitor)
 
-    def fetch_journey(self, visitor_id: str) -> JourneyContext:
+    def fetch_journey(self, visitor_id: str, website: str | None = None) -> JourneyContext:
         return to_journey(self.fetch_visitor(visitor_id))
 
     def check(self) -> str:
