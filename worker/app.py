@@ -14,7 +14,7 @@ from celery.signals import after_setup_logger, worker_process_init, worker_ready
 
 from config import Settings, get_settings
 from worker.observability import configure_logging, init_sentry, scrub_logging_handlers
-from worker.runtime import settle_garbage_collector
+from worker.runtime import load_routing, settle_garbage_collector
 
 
 def create_celery(settings: Settings) -> Celery:
@@ -86,6 +86,8 @@ def create_celery(settings: Settings) -> Celery:
 
 
 settings = get_settings()
+# A bad routes file or template stops the worker and beat at start-up, never inside a task.
+load_routing(settings)
 app = create_celery(settings)
 
 
