@@ -316,7 +316,7 @@ class Settings(BaseSettings):
             parse_websites(value.get_secret_value())
         return value
 
-    @field_validator("slack_webhook_url")
+    @field_validator("slack_webhook_url", "discord_webhook_url", "teams_webhook_url")
     @classmethod
     def _check_slack_url(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and not value.get_secret_value().startswith(("http://", "https://")):
@@ -348,6 +348,7 @@ class Settings(BaseSettings):
             self,
             ("rocketchat_base_url", "rocketchat_user_id", "rocketchat_auth_token"),
         )
+        _all_or_none(self, ("telegram_bot_token", "telegram_chat_id"))
         if self.source == "postmetric" and (
             self.postmetric_api_key is None or self.postmetric_base_url is None
         ):

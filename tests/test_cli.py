@@ -119,7 +119,7 @@ def test_render_prints_the_note_and_posts_nothing(env: dict[str, str], fake: Fak
     result = run(env, "render", visitor, "--sink", "zendesk", "--type", "support_ticket")
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("<p><strong>Visitor journey from DataFast")
-    assert "# Zendesk, template note.html.j2" in result.stderr
+    assert "# Zendesk, template built in" in result.stderr
     assert fake.requests_to("zendesk") == [] and fake.requests_to("hubspot") == []
 
 

@@ -32,8 +32,8 @@ class DeliveryResult:
 
 @dataclass(frozen=True)
 class Note:
-    """A note body as rendered for one sink: the template it came from (None: the sink's
-    built-in code) and, when the chosen template failed and the default was used, why."""
+    """A note body as rendered for one sink: the user's template it came from (None: the
+    sink's built-in note) and, when that template failed and the built-in note was used, why."""
 
     body: str
     template: str | None = None
@@ -116,9 +116,9 @@ class Sink(ABC):
         chosen = template or templates.template_for(self.name, self.note_format)
         builtin = not template and chosen is not None and not templates.overridden(chosen)
         if chosen is None or builtin:
-            # The sink's own built-in note (a template for most; code for a size-fitted or
-            # structured message).
-            return Note(self.default_note(event, context), chosen)
+            # The sink's own built-in note (a built-in template for most; code for a
+            # size-fitted or structured message).
+            return Note(self.default_note(event, context))
         try:
             return Note(templates.render(chosen, event, context), chosen)
         except TemplateFailed as exc:

@@ -11,7 +11,17 @@ from __future__ import annotations
 from config import Settings
 from worker.inbound import WebhookAdapter
 from worker.integration import Integration
-from worker.integrations import datafast, hubspot, postmetric, rocketchat, slack, zendesk
+from worker.integrations import (
+    datafast,
+    discord,
+    hubspot,
+    postmetric,
+    rocketchat,
+    slack,
+    teams,
+    telegram,
+    zendesk,
+)
 from worker.ratelimit import SharedRateLimiter
 from worker.sink import Sink
 from worker.source import Source
@@ -23,6 +33,9 @@ INTEGRATIONS: list[Integration] = [
     zendesk.INTEGRATION,
     slack.INTEGRATION,
     rocketchat.INTEGRATION,
+    discord.INTEGRATION,
+    teams.INTEGRATION,
+    telegram.INTEGRATION,
 ]
 
 SOURCES: dict[str, type[Source]] = {i.name: i.source for i in INTEGRATIONS if i.source}
