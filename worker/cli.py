@@ -29,6 +29,8 @@ dead_cli = typer.Typer(help="Dead letters: what ran out of retries or failed for
 cli.add_typer(dead_cli, name="dead")
 
 if TYPE_CHECKING:
+    from worker.events import Event
+    from worker.journey import JourneyContext
     from worker.runtime import Runtime
 
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
@@ -40,6 +42,21 @@ def _settings() -> Settings:
     except ConfigError as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(2) from None
+
+
+def _journey(rt: Runtime, **values: str | None) -> tuple[Event, JourneyContext]:
+    """An unstored event from the command line and its journey, fetched now; exit 1 when
+    the source fails."""
+    from worker.errors import EnrichmentError
+    from worker.events import Event
+    from worker.tasks import fetch_context
+
+    event = Event.model_validate({"id": f"cli_{uuid.uuid4().hex[:12]}", **values})
+    try:
+        return event, fetch_context(rt, event)
+    except EnrichmentError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
 
 
 def _runtime(settings: Settings) -> Runtime:
@@ -236,27 +253,13 @@ def enrich(
     """Fetch one visitor's journey, print it, and (without --dry-run) post it to the sinks."""
     settings = _settings()
     from worker.errors import EnrichmentError
-    from worker.events import Event
-    from worker.runtime import build_runtime
-    from worker.tasks import fetch_context, plan
+    from worker.tasks import plan
     from worker.templates import render_text
 
-    rt = build_runtime(settings)
-    event = Event.model_validate(
-        {
-            "id": f"cli_{uuid.uuid4().hex[:12]}",
-            "type": event_type,
-            "visitor_id": visitor_id,
-            "email": email,
-            "name": name,
-            "ticket_id": ticket_id,
-        }
+    rt = _runtime(settings)
+    event, context = _journey(
+        rt, type=event_type, visitor_id=visitor_id, email=email, name=name, ticket_id=ticket_id
     )
-    try:
-        context = fetch_context(rt, event)
-    except EnrichmentError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
     typer.echo(render_text(event, context))
     planned, skipped = plan(rt, event, context)
     for sink_name, reason in skipped.items():
@@ -297,10 +300,7 @@ def render(
     """Print the note a sink would post for a visitor, from the journey fetched now; posts
     nothing. With --template, render that file (as TEMPLATES_DIR would) instead."""
     settings = _settings()
-    from worker.errors import EnrichmentError
-    from worker.events import Event
     from worker.integrations import SINKS
-    from worker.tasks import fetch_context
 
     sink_class = next((s for s in SINKS if s.name == sink_name), None)
     if sink_class is None:
@@ -313,21 +313,9 @@ def render(
         settings = settings.model_copy(update={"templates_dir": str(template.parent)})
     rt = _runtime(settings)
     sink = sink_class(settings, rt.limiter)
-    event = Event.model_validate(
-        {
-            "id": f"cli_{uuid.uuid4().hex[:12]}",
-            "type": event_type,
-            "visitor_id": visitor_id,
-            "email": email,
-            "name": name,
-            "website": website,
-        }
+    event, context = _journey(
+        rt, type=event_type, visitor_id=visitor_id, email=email, name=name, website=website
     )
-    try:
-        context = fetch_context(rt, event)
-    except EnrichmentError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
     note = sink.render_note(event, context, template.name if template else None)
     typer.echo(f"# {sink.label}, template {note.template or 'built in'}", err=True)
     if note.warning:

@@ -10,23 +10,22 @@ from __future__ import annotations
 from typing import Any
 
 from config import Settings
+from worker.alert import realtime_alert
 from worker.events import Event
 from worker.formats import cap_mrkdwn, escape_mrkdwn
 from worker.http import ServiceClient, secret_text
 from worker.integration import Integration
 from worker.journey import HotVisitor, JourneyContext
 from worker.note import (
-    METADATA_KEY_CHARS,
     Limits,
     journey_sections,
-    make_facts,
     not_found_text,
     provider_name,
     who,
 )
 from worker.ratelimit import SharedRateLimiter
 from worker.sink import AlertSink, DeliveryResult, Note
-from worker.text import capped, cut, joined, number, one_line
+from worker.text import cut, joined, one_line
 
 SLACK_TEXT_MAX_CHARS = 3_000  # section / context text object limit
 SLACK_FIELD_MAX_CHARS = 2_000  # one section field
@@ -182,57 +181,19 @@ def render_slack_alert(event: Event, ctx: JourneyContext) -> dict[str, Any]:
 
 # Realtime alerts -----------------------------------------------------------------------------
 
-REALTIME_PROFILE_ITEMS = 8
-_PROFILE_NAME_KEYS = ("name", "displayName", "fullName", "email", "userId", "user_id")
-
-
-def _profile_name(profile: dict[str, Any]) -> str | None:
-    for key in _PROFILE_NAME_KEYS:
-        value = profile.get(key)
-        if isinstance(value, str | int) and not isinstance(value, bool) and str(value).strip():
-            return one_line(str(value))
-    return None
-
 
 def render_realtime_alert(hot: HotVisitor) -> dict[str, Any]:
-    """Incoming-webhook payload for a visitor on the site now (DataFast realtime map).
-
-    Location, device, current page, DataFast's score (when it gives one), why this visitor is
-    hot, and the Identify profile when there is one.
-    """
-    visitor = hot.visitor
-    marker = escape_mrkdwn(f"visitor-enrich:realtime:{hot.key}")
-    profile = {
-        str(k): v for k, v in visitor.profile.items() if v is not None and v not in ("", [], {})
-    }
-    name = _profile_name(profile)
-    plain_who = cut(name or f"visitor {visitor.visitor_id}", 100)
-    reasons = "; ".join(one_line(r) for r in hot.reasons)
-    score = visitor.score
-    limits = Limits(chars=300)
-    fields = make_facts(
-        [
-            ("Why now", reasons, "both"),
-            (
-                "Lead score",
-                f"{number(score, 1)}/100 (DataFast)" if score is not None else None,
-                "both",
-            ),
-            ("Location", visitor.location, "both"),
-            ("Device", visitor.device, "both"),
-            ("Current page", visitor.current_url, "both"),
-        ],
-        limits,
-    )
+    """Incoming-webhook payload for a visitor on the site now (the realtime feed): why this
+    visitor is hot, score, location, device, current page and the Identify profile
+    (``worker/alert.py``, as every alert sink shows it)."""
+    alert = realtime_alert(hot)
+    marker = escape_mrkdwn(alert.marker)
     blocks: list[dict[str, Any]] = [
         {
             "type": "header",
-            "text": {
-                "type": "plain_text",
-                "text": cut(f"Hot visitor on the site now: {plain_who}", SLACK_HEADER_MAX_CHARS),
-            },
+            "text": {"type": "plain_text", "text": cut(alert.headline, SLACK_HEADER_MAX_CHARS)},
         },
-        _slack_section(f"DataFast visitor `{escape_mrkdwn(one_line(visitor.visitor_id))}`"),
+        _slack_section(f"DataFast {escape_mrkdwn(alert.visitor or '')}"),
         {
             "type": "section",
             "fields": [
@@ -243,19 +204,16 @@ def render_realtime_alert(hot: HotVisitor) -> dict[str, Any]:
                         SLACK_FIELD_MAX_CHARS,
                     ),
                 }
-                for f in fields[:SLACK_MAX_FIELDS]
+                for f in alert.facts[:SLACK_MAX_FIELDS]
             ],
         },
     ]
-    if profile:
-        entries = [
-            escape_mrkdwn(f"{cut(one_line(k), METADATA_KEY_CHARS)}: {cut(one_line(v), 200)}")
-            for k, v in profile.items()
-        ]
-        lines = "\n".join(capped(entries, REALTIME_PROFILE_ITEMS))
-        blocks.append(_slack_section(f"*Identify profile*\n{lines}"))
+    if alert.extra_title and alert.extra:
+        lines = "\n".join(escape_mrkdwn(line) for line in alert.extra)
+        blocks.append(_slack_section(f"*{escape_mrkdwn(alert.extra_title)}*\n{lines}"))
     blocks.append(_slack_context(marker))
-    fallback = escape_mrkdwn(f"Hot visitor on the site now: {plain_who} ({reasons})")
+    reasons = next((f.value for f in alert.facts if f.label == "Why now"), "")
+    fallback = escape_mrkdwn(f"{alert.headline} ({reasons})")
     return {"text": _slack_fallback(fallback, marker), "blocks": blocks}
 
 
