@@ -224,6 +224,9 @@ class Settings(BaseSettings):
     salesforce_instance_url: OptionalUrl = None
     salesforce_client_id: OptionalStr = None
     salesforce_client_secret: OptionalSecret = None
+    salesforce_api_version: str = Field(default="v60.0", pattern=r"^v\d+\.\d$")
+    # Where a person with no Contact is found or created: a Lead (sales' inbox) or a Contact.
+    salesforce_person_object: Literal["Lead", "Contact"] = "Lead"
     salesforce_rate_limit: RateSetting = Rate(5, 1)
     discord_webhook_url: OptionalSecret = None
     # Discord: a webhook's own bucket allows about 5 requests per 2 seconds.
@@ -349,6 +352,11 @@ class Settings(BaseSettings):
             ("rocketchat_base_url", "rocketchat_user_id", "rocketchat_auth_token"),
         )
         _all_or_none(self, ("telegram_bot_token", "telegram_chat_id"))
+        _all_or_none(self, ("pipedrive_base_url", "pipedrive_api_token"))
+        _all_or_none(
+            self,
+            ("salesforce_instance_url", "salesforce_client_id", "salesforce_client_secret"),
+        )
         if self.source == "postmetric" and (
             self.postmetric_api_key is None or self.postmetric_base_url is None
         ):

@@ -12,11 +12,14 @@ from config import Settings
 from worker.inbound import WebhookAdapter
 from worker.integration import Integration
 from worker.integrations import (
+    attio,
     datafast,
     discord,
     hubspot,
+    pipedrive,
     postmetric,
     rocketchat,
+    salesforce,
     slack,
     teams,
     telegram,
@@ -30,6 +33,9 @@ INTEGRATIONS: list[Integration] = [
     datafast.INTEGRATION,
     postmetric.INTEGRATION,
     hubspot.INTEGRATION,
+    attio.INTEGRATION,
+    pipedrive.INTEGRATION,
+    salesforce.INTEGRATION,
     zendesk.INTEGRATION,
     slack.INTEGRATION,
     rocketchat.INTEGRATION,

@@ -1,0 +1,125 @@
+"""Pipedrive: the person found by exact email (created when absent), one HTML note per event.
+
+Set-up (README "Pipedrive"): Personal preferences → API → copy your personal API token into
+``PIPEDRIVE_API_TOKEN``, and set ``PIPEDRIVE_BASE_URL`` to your company domain
+(``https://acme.pipedrive.com``).
+
+- Person: ``GET /api/v1/persons/search?term=…&fields=email&exact_match=true``, else
+  ``POST /api/v1/persons`` with the email (and name).
+- Note: ``POST /api/v1/notes`` ``{"content": <HTML>, "person_id": …}``.
+- Exactly once: ``GET /api/v1/notes?person_id=…`` (newest first, 100 a page) and the event's
+  marker in ``content``; Pipedrive has no note search.
+- Auth: the ``x-api-token`` header (never in the URL, so it is never logged). Limits: the
+  search API allows 10 requests per 2 seconds (``PIPEDRIVE_RATE_LIMIT``); 429s carry
+  ``x-ratelimit-*`` headers, which the shared client obeys.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from config import Settings
+from worker.crm import CrmSink
+from worker.errors import BadResponse, Rejected
+from worker.events import Event
+from worker.http import ServiceClient, UpstreamResponse, secret_text
+from worker.integration import Integration
+from worker.ratelimit import SharedRateLimiter
+from worker.sink import Note
+
+NOTES_PAGE = 100
+NOTES_PAGES = 5
+
+
+def _data(response: UpstreamResponse) -> Any:
+    """``data`` of Pipedrive's ``{"success": true, "data": …}`` envelope."""
+    body = response.json()
+    if not isinstance(body, dict) or body.get("success") is not True:
+        error = body.get("error") if isinstance(body, dict) else None
+        raise Rejected(
+            f"{response.status_code} success: false: {error or 'no reason given'}",
+            service=response.service,
+            status_code=response.status_code,
+        )
+    return body.get("data"), body.get("additional_data")
+
+
+class PipedriveSink(CrmSink):
+    name = "pipedrive"
+    label = "Pipedrive"
+    note_format = "html"
+
+    @classmethod
+    def enabled(cls, settings: Settings) -> bool:
+        return settings.pipedrive_api_token is not None and settings.pipedrive_base_url is not None
+
+    def build_client(self, settings: Settings, limiter: SharedRateLimiter) -> ServiceClient:
+        return ServiceClient(
+            "pipedrive",
+            f"{str(settings.pipedrive_base_url or '').rstrip('/')}/api/v1",
+            settings=settings,
+            limiter=limiter,
+            rate=settings.pipedrive_rate_limit,
+            headers={"x-api-token": secret_text(settings.pipedrive_api_token)},
+        )
+
+    def find_person(self, email: str) -> str | None:
+        data, _ = _data(
+            self.http.request(
+                "GET",
+                "persons/search",
+                params={"term": email, "fields": "email", "exact_match": "true", "limit": "1"},
+            )
+        )
+        items = data.get("items") if isinstance(data, dict) else None
+        if not isinstance(items, list) or not items:
+            return None
+        item = items[0].get("item") if isinstance(items[0], dict) else None
+        return str(item["id"]) if isinstance(item, dict) and item.get("id") else None
+
+    def create_person(self, event: Event) -> str:
+        payload = {
+            "name": event.name or event.email,
+            "email": [{"value": event.email, "primary": True, "label": "work"}],
+        }
+        data, _ = _data(self.http.request("POST", "persons", json_body=payload))
+        if not isinstance(data, dict) or not data.get("id"):
+            raise BadResponse("answered without the person's id", service=self.name)
+        return str(data["id"])
+
+    def add_note(self, person_id: str, event: Event, note: Note) -> str | None:
+        payload = {"content": note.body, "person_id": int(person_id)}
+        data, _ = _data(self.http.request("POST", "notes", json_body=payload))
+        return str(data["id"]) if isinstance(data, dict) and data.get("id") else None
+
+    def has_note(self, person_id: str, event: Event) -> bool:
+        start = 0
+        for _ in range(NOTES_PAGES):
+            data, extra = _data(
+                self.http.request(
+                    "GET",
+                    "notes",
+                    params={
+                        "person_id": person_id,
+                        "start": str(start),
+                        "limit": str(NOTES_PAGE),
+                        "sort": "add_time DESC",
+                    },
+                )
+            )
+            notes = data if isinstance(data, list) else []
+            if any(isinstance(n, dict) and event.marker in str(n.get("content")) for n in notes):
+                return True
+            pagination = extra.get("pagination") if isinstance(extra, dict) else None
+            if not isinstance(pagination, dict) or not pagination.get("more_items_in_collection"):
+                return False
+            start = int(pagination.get("next_start") or start + NOTES_PAGE)
+        return False
+
+    def check(self) -> str:
+        data, _ = _data(self.http.request("GET", "users/me"))
+        company = data.get("company_domain") if isinstance(data, dict) else None
+        return f"{self.label} answered (company {company or 'unknown'})"
+
+
+INTEGRATION = Integration(name="pipedrive", label="Pipedrive", sink=PipedriveSink)
