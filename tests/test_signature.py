@@ -107,5 +107,7 @@ def test_missing_headers_and_stale_timestamps_say_why() -> None:
         check.verify(body, headers("m", str(new), signature(SECRET, "m", new, body)), now=NOW)
     with pytest.raises(SignatureError, match="No matching"):
         check.verify(
-            body + b" ", headers("m", str(int(NOW)), signature(SECRET, "m", int(NOW), body))
+            body + b" ",
+            headers("m", str(int(NOW)), signature(SECRET, "m", int(NOW), body)),
+            now=NOW,
         )
