@@ -59,7 +59,7 @@ bench: venv
 
 clean:
 	find . -path ./$(VENV) -prune -o -type d -name __pycache__ -exec rm -rf {} +
-	rm -rf .pytest_cache .mypy_cache .ruff_cache build dist *.egg-info celerybeat-schedule*
+	rm -rf .pytest_cache .mypy_cache .ruff_cache build dist *.egg-info
 
 distclean: clean
 	rm -rf $(VENV)

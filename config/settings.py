@@ -283,6 +283,10 @@ class Settings(BaseSettings):
     # An event that made no progress for this long (a task lost with a broker outage) is
     # queued again by beat; the tasks are idempotent, so a second run only finishes it.
     stuck_event_seconds: float = Field(default=300.0, ge=30)
+    # Beat (celery-redbeat): every beat process wants one Redis lock; the holder schedules and
+    # renews it every fifth of this many seconds, the others wait. A standby takes over at most
+    # this long (plus a fifth) after the active beat dies.
+    beat_lock_timeout: int = Field(default=60, ge=5)
     # How long event ids are remembered for dedupe and status (7 days).
     event_retention_seconds: int = Field(default=7 * 24 * 3600, ge=60)
 

@@ -1,5 +1,5 @@
-"""Start the service the way the README does (uvicorn web + Celery worker processes), sign and
-send events, and poll for outcomes.
+"""Start the service the way the README does (uvicorn web + Celery worker processes, and beat
+processes on demand), sign and send events, and poll for outcomes.
 
     with Service(env, tmp_path, workers=2) as svc:
         svc.send_event({...}, event_id="evt_1")
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -140,6 +141,16 @@ def _drop_unacked(client: redis.Redis, queue: str) -> None:
 # Processes --------------------------------------------------------------------------------
 
 
+def procfile_argv(process: str) -> list[str]:
+    """The ``Procfile``'s command line for ``process``, its program taken from this venv."""
+    for line in (ROOT / "Procfile").read_text().splitlines():
+        name, _, command = line.partition(":")
+        if name.strip() == process:
+            program, *args = shlex.split(command)
+            return [str(BIN / program), *args]
+    raise KeyError(f"no {process!r} process in the Procfile")
+
+
 class Service:
     """The web process and ``workers`` Celery worker processes, with ``env`` on top of the
     inherited environment. Output goes to files under ``log_dir``."""
@@ -169,18 +180,19 @@ class Service:
         self.redis = redis_client or redis.Redis.from_url(self.env["REDIS_URL"])
         self.web: subprocess.Popen[bytes] | None = None
         self.worker_procs: list[subprocess.Popen[bytes]] = []
+        self.beats: dict[str, subprocess.Popen[bytes]] = {}
         self._files: list[Any] = []
         self.port = 0
         self.http: httpx.Client | None = None
 
     # Start and stop --------------------------------------------------------------------
 
-    def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
+    def _spawn(self, name: str, argv: list[str], cwd: Path = ROOT) -> subprocess.Popen[bytes]:
         out = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - closed in stop()
         self._files.append(out)
         return subprocess.Popen(
             argv,
-            cwd=ROOT,
+            cwd=cwd,
             env=self.env,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -226,6 +238,12 @@ class Service:
             argv = self.worker_argv(node)
             self.worker_procs.append(self._spawn(f"worker{i}", argv))
 
+    def start_beat(self, name: str, cwd: Path = ROOT) -> subprocess.Popen[bytes]:
+        """A beat process, run with the Procfile's command line from ``cwd``; log ``name``."""
+        proc = self._spawn(name, procfile_argv("beat"), cwd)
+        self.beats[name] = proc
+        return proc
+
     def _start_web(self, timeout: float) -> None:
         for _attempt in range(3):
             self.port = free_port()
@@ -258,7 +276,7 @@ class Service:
         raise RuntimeError("web could not bind a port")
 
     def stop(self) -> None:
-        procs = [p for p in [self.web, *self.worker_procs] if p is not None]
+        procs = [p for p in [*self.beats.values(), self.web, *self.worker_procs] if p is not None]
         for proc in procs:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
@@ -292,7 +310,7 @@ class Service:
         return path.read_text("utf-8", "replace") if path.exists() else ""
 
     def logs(self) -> str:
-        names = ["web", *(f"worker{i}" for i in range(self.workers))]
+        names = ["web", *(f"worker{i}" for i in range(self.workers)), *self.beats]
         return "\n".join(f"===== {n} =====\n{self.log(n)}" for n in names)
 
     def send_event(self, payload: Any, *, event_id: str, **kwargs: Any) -> httpx.Response:

@@ -11,23 +11,19 @@
   ``GET /api/v1/chat.getMessage``, ``GET /api/v1/me``; the 400 ``invalid-params`` and 401
   envelopes; ``X-Auth-Token``/``X-User-Id`` checked.
 
-Slack and Zendesk come from the shared ``tests/fakes.py``; processes from ``tests/harness.py``
-(plus ``spawn_beat`` here, which the shared harness does not start).
+Slack and Zendesk come from the shared ``tests/fakes.py``; processes from ``tests/harness.py``.
 """
 
 from __future__ import annotations
 
 import json
 import re
-import subprocess
 import threading
 import time
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from harness import BIN, ROOT, Service
 from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
@@ -396,41 +392,3 @@ def _invalid_params(text: str) -> Response:
         {"success": False, "error": f"{text} [invalid-params]", "errorType": "invalid-params"},
         400,
     )
-
-
-# Processes ---------------------------------------------------------------------------------
-
-
-def spawn_beat(svc: Service, name: str, schedule_dir: Path) -> tuple[subprocess.Popen[bytes], Path]:
-    """A ``celery beat`` process with the service's environment; its log file is returned."""
-    log = svc.log_dir / f"{name}.log"
-    out = open(log, "ab")  # noqa: SIM115 - handed to the child, closed here right after
-    proc = subprocess.Popen(
-        [
-            str(BIN / "celery"),
-            "-A",
-            "worker.app",
-            "beat",
-            "--loglevel",
-            "INFO",
-            "--schedule",
-            str(schedule_dir / f"{name}-schedule"),
-        ],
-        cwd=ROOT,
-        env=svc.env,
-        stdout=out,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    out.close()
-    return proc, log
-
-
-def stop_process(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)

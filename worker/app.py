@@ -16,6 +16,13 @@ from config import Settings, get_settings
 from worker.observability import configure_logging, init_sentry, scrub_logging_handlers
 from worker.runtime import load_routing, settle_garbage_collector
 
+# Beat and the broker connection both give up on a Redis that does not answer in time.
+REDIS_SOCKET_OPTIONS: dict[str, Any] = {
+    "socket_timeout": 5,
+    "socket_connect_timeout": 3,
+    "health_check_interval": 10,
+}
+
 
 def create_celery(settings: Settings) -> Celery:
     app = Celery(
@@ -44,9 +51,7 @@ def create_celery(settings: Settings) -> Celery:
             "visibility_timeout": settings.broker_visibility_timeout,
             "unacked_restore_interval": 5,
             "unacked_restore_throttle": 1,
-            "socket_timeout": 5,
-            "socket_connect_timeout": 3,
-            "health_check_interval": 10,
+            **REDIS_SOCKET_OPTIONS,
         },
         # The web process publishes; when Redis is gone it must fail fast (503), not hang.
         task_publish_retry=True,
@@ -60,6 +65,15 @@ def create_celery(settings: Settings) -> Celery:
         worker_hijack_root_logger=False,
         timezone="UTC",
         enable_utc=True,
+        # Beat keeps its schedule and its single-runner lock in Redis, never in a file
+        # (worker/beat.py): any number of beats give one active scheduler.
+        beat_scheduler="worker.beat:Scheduler",
+        redbeat_redis_url=settings.redis_url,
+        redbeat_redis_options=REDIS_SOCKET_OPTIONS,
+        redbeat_key_prefix=f"{settings.redis_key_prefix}redbeat:",
+        redbeat_lock_timeout=settings.beat_lock_timeout,
+        # The active beat renews the lock, and a standby tries to take it, this often.
+        beat_max_loop_interval=settings.beat_lock_timeout / 5,
     )
     from worker.realtime import realtime_disabled_reason
 

@@ -161,20 +161,9 @@ def serve(
         ],
     ]
     if beat:
-        schedule = Path(".data/celerybeat-schedule").resolve()
-        schedule.parent.mkdir(parents=True, exist_ok=True)
-        commands.append(
-            [
-                str(bin_dir / "celery"),
-                "-A",
-                "worker.app",
-                "beat",
-                "--loglevel",
-                "INFO",
-                "--schedule",
-                str(schedule),
-            ]
-        )
+        # Its schedule and lock are in Redis (worker/beat.py): a second `serve`, or a beat
+        # started elsewhere, waits as a standby instead of competing for a schedule file.
+        commands.append([str(bin_dir / "celery"), "-A", "worker.app", "beat", "--loglevel", "INFO"])
     children.extend(subprocess.Popen(command) for command in commands)
     typer.echo(f"visitor-enrich listening on http://{host}:{port}  (Ctrl-C stops everything)")
 
