@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import itertools
 import json
-import logging
 import threading
 import time
 from typing import Any
 
-from werkzeug.serving import make_server
+from loopback import LoopbackServer
 from werkzeug.wrappers import Request, Response
 
 DISCORD_PATH = "/discord/webhooks/1234567890/discord-secret-token"
@@ -36,7 +35,7 @@ def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -
     )
 
 
-class ChannelFake:
+class ChannelFake(LoopbackServer):
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._ids = itertools.count(900_000)
@@ -47,21 +46,6 @@ class ChannelFake:
         self.discord_limited = 0
         self.telegram_limited = 0
         self.retry_after = 0.5
-        self._server: Any = None
-
-    def __enter__(self) -> ChannelFake:
-        logging.getLogger("werkzeug").setLevel(logging.WARNING)
-        self._server = make_server("127.0.0.1", 0, self._wsgi, threaded=True)
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_port}"
 
     def env(self) -> dict[str, str]:
         return {

@@ -19,13 +19,12 @@ from __future__ import annotations
 import email.utils
 import itertools
 import json
-import logging
 import re
 import threading
 import time
 from typing import Any
 
-from werkzeug.serving import make_server
+from loopback import LoopbackServer
 from werkzeug.wrappers import Request, Response
 
 ATTIO_KEY = "attio-test-key-0123"
@@ -40,7 +39,7 @@ def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -
     )
 
 
-class CrmFake:
+class CrmFake(LoopbackServer):
     def __init__(self) -> None:
         self._lock = threading.RLock()
         self._ids = itertools.count(5001)
@@ -53,21 +52,6 @@ class CrmFake:
         self.token_requests = 0
         self.attio_limited = 0
         self.requests: list[tuple[str, str]] = []
-        self._server: Any = None
-
-    def __enter__(self) -> CrmFake:
-        logging.getLogger("werkzeug").setLevel(logging.WARNING)
-        self._server = make_server("127.0.0.1", 0, self._wsgi, threaded=True)
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_port}"
 
     def env(self) -> dict[str, str]:
         return {

@@ -7,6 +7,7 @@ Set-up (README "Slack"): create an app with an incoming webhook for the channel 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from config import Settings
@@ -17,6 +18,7 @@ from worker.http import ServiceClient, secret_text
 from worker.integration import Integration
 from worker.journey import HotVisitor, JourneyContext
 from worker.note import (
+    Fact,
     Limits,
     journey_sections,
     not_found_text,
@@ -88,6 +90,22 @@ def _slack_section(text: str) -> dict[str, Any]:
     }
 
 
+def _slack_fields(facts: Sequence[Fact]) -> dict[str, Any]:
+    """A section of labelled fields (at most ten, each within Slack's field limit)."""
+    return {
+        "type": "section",
+        "fields": [
+            {
+                "type": "mrkdwn",
+                "text": cap_mrkdwn(
+                    f"*{escape_mrkdwn(f.label)}*\n{escape_mrkdwn(f.value)}", SLACK_FIELD_MAX_CHARS
+                ),
+            }
+            for f in facts
+        ],
+    }
+
+
 def _slack_context(text: str) -> dict[str, Any]:
     return {
         "type": "context",
@@ -148,21 +166,7 @@ def render_slack_alert(event: Event, ctx: JourneyContext) -> dict[str, Any]:
         _slack_section(f"{person}\n{visitor}" if person else visitor),
     ]
     if fields:
-        blocks.append(
-            {
-                "type": "section",
-                "fields": [
-                    {
-                        "type": "mrkdwn",
-                        "text": cap_mrkdwn(
-                            f"*{escape_mrkdwn(f.label)}*\n{escape_mrkdwn(f.value)}",
-                            SLACK_FIELD_MAX_CHARS,
-                        ),
-                    }
-                    for f in fields
-                ],
-            }
-        )
+        blocks.append(_slack_fields(fields))
     if "pages" in sections:
         pages = "\n".join(f"• {escape_mrkdwn(item)}" for item in sections["pages"].items)
         blocks.append(_slack_section(f"*Key pages*\n{pages}"))
@@ -194,19 +198,7 @@ def render_realtime_alert(hot: HotVisitor) -> dict[str, Any]:
             "text": {"type": "plain_text", "text": cut(alert.headline, SLACK_HEADER_MAX_CHARS)},
         },
         _slack_section(f"DataFast {escape_mrkdwn(alert.visitor or '')}"),
-        {
-            "type": "section",
-            "fields": [
-                {
-                    "type": "mrkdwn",
-                    "text": cap_mrkdwn(
-                        f"*{escape_mrkdwn(f.label)}*\n{escape_mrkdwn(f.value)}",
-                        SLACK_FIELD_MAX_CHARS,
-                    ),
-                }
-                for f in alert.facts[:SLACK_MAX_FIELDS]
-            ],
-        },
+        _slack_fields(alert.facts[:SLACK_MAX_FIELDS]),
     ]
     if alert.extra_title and alert.extra:
         lines = "\n".join(escape_mrkdwn(line) for line in alert.extra)
