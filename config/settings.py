@@ -128,11 +128,23 @@ class Settings(BaseSettings):
     redis_key_prefix: str = "ve:"
     celery_queue: str = "visitor-enrich"
 
-    # Inbound.
+    # Inbound. WEBHOOK_SECRET and ROCKETCHAT_WEBHOOK_TOKEN may list several values,
+    # comma-separated, so a secret can be rotated without refusing events (README "Privacy").
     webhook_secret: OptionalSecret = None
     allow_unsigned: bool = False
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)
     rocketchat_webhook_token: OptionalSecret = None
+
+    # Access and privacy. API_TOKEN guards GET /v1/events/{id} and every other read or admin
+    # endpoint that is not a sender's webhook; unset, they answer 401 (open only with SANDBOX).
+    api_token: OptionalSecret = None
+    # Local trial mode: the status API stays open without API_TOKEN (and says so).
+    sandbox: bool = False
+    # The journey, the inbound event's personal fields and step details are kept this long
+    # (7 days); after that the event keeps its state and step names only (worker/privacy.py).
+    journey_retention_seconds: int = Field(default=7 * 24 * 3600, ge=1)
+    # Dead letters (with the inbound event, what a replay needs) are dropped after this long.
+    dead_letter_retention_seconds: int = Field(default=7 * 24 * 3600, ge=1)
 
     # Sources.
     source: Literal["datafast", "postmetric"] = "datafast"
@@ -298,15 +310,28 @@ class Settings(BaseSettings):
     def _check_webhook_secret(cls, value: SecretStr | None) -> SecretStr | None:
         if value is None:
             return value
-        raw = value.get_secret_value()
-        if not raw.startswith("whsec_"):
-            raise ValueError("must start with whsec_ followed by base64")
-        try:
-            decoded = base64.b64decode(raw[len("whsec_") :] + "==", validate=False)
-        except (binascii.Error, ValueError):
-            raise ValueError("the part after whsec_ is not base64") from None
-        if not decoded:
-            raise ValueError("the part after whsec_ is empty")
+        secrets = split_secrets(value)
+        if not secrets:
+            raise ValueError("lists no secret; give whsec_<base64>, or several comma-separated")
+        for position, secret in enumerate(secrets, start=1):
+            # The message names the position, never the value.
+            where = f"secret {position}" if len(secrets) > 1 else "the secret"
+            raw = secret.get_secret_value()
+            if not raw.startswith("whsec_"):
+                raise ValueError(f"{where} must start with whsec_ followed by base64")
+            try:
+                decoded = base64.b64decode(raw[len("whsec_") :] + "==", validate=False)
+            except (binascii.Error, ValueError):
+                raise ValueError(f"{where}: the part after whsec_ is not base64") from None
+            if not decoded:
+                raise ValueError(f"{where}: the part after whsec_ is empty")
+        return value
+
+    @field_validator("rocketchat_webhook_token")
+    @classmethod
+    def _check_secret_list(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not split_secrets(value):
+            raise ValueError("lists no secret")
         return value
 
     @field_validator("datafast_api_key")
@@ -392,13 +417,27 @@ class Settings(BaseSettings):
         """The longest countdown a task may be re-scheduled with (see visibility timeout)."""
         return self.broker_visibility_timeout / 2
 
+    @property
+    def webhook_secrets(self) -> list[SecretStr]:
+        """Every inbound signature secret in force (WEBHOOK_SECRET, comma-separated)."""
+        return split_secrets(self.webhook_secret)
+
+    @property
+    def rocketchat_webhook_tokens(self) -> list[SecretStr]:
+        """Every accepted X-RocketChat-Livechat-Token (ROCKETCHAT_WEBHOOK_TOKEN)."""
+        return split_secrets(self.rocketchat_webhook_token)
+
     def secret_values(self) -> list[str]:
-        """Every secret in force, for scrubbing logs and error reports."""
-        values = []
+        """Every secret in force, for scrubbing logs and error reports: each setting's whole
+        value and, for a comma-separated list, each secret in it (a log line would show one
+        of them, not the list)."""
+        values: list[str] = []
         for name in type(self).model_fields:
             value = getattr(self, name)
             if isinstance(value, SecretStr) and value.get_secret_value():
                 values.append(value.get_secret_value())
+                if "," in value.get_secret_value():
+                    values += [s.get_secret_value() for s in split_secrets(value)]
         # Each website's key on its own: a log line would show one, not the whole setting.
         values += [w.api_key.get_secret_value() for w in self.websites.values()]
         return values
@@ -444,6 +483,16 @@ def parse_websites(text: str) -> dict[str, DataFastWebsite]:
             raise ValueError(f"{name}: named twice")
         websites[name] = DataFastWebsite(name, SecretStr(key), website_id.strip() or None)
     return websites
+
+
+def split_secrets(value: SecretStr | None) -> list[SecretStr]:
+    """The secrets of a comma-separated list (blank entries dropped), each still a SecretStr.
+
+    Used by every inbound secret that may hold an old and a new value during a rotation."""
+    if value is None:
+        return []
+    parts = (part.strip() for part in value.get_secret_value().split(","))
+    return [SecretStr(part) for part in parts if part]
 
 
 def _all_or_none(settings: Settings, names: tuple[str, ...]) -> None:

@@ -74,6 +74,14 @@ def redis_client(redis_server: str) -> Iterator[redis.Redis]:
     client.close()
 
 
+@pytest.fixture(scope="module")
+def module_redis(redis_server: str) -> Iterator[redis.Redis]:
+    """A client for a module's fixtures (a service started once per module)."""
+    client = redis.Redis.from_url(redis_server)
+    yield client
+    client.close()
+
+
 @pytest.fixture
 def key_prefix(redis_client: redis.Redis) -> Iterator[str]:
     """A unique ``REDIS_KEY_PREFIX`` for one test; its keys are deleted afterwards."""

@@ -20,11 +20,14 @@ import uuid
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 import redis
 from standardwebhooks.webhooks import Webhook
+
+if TYPE_CHECKING:
+    from config.settings import Settings
 
 REDIS_HOST = "127.0.0.1"
 REDIS_PORT = 6379
@@ -32,12 +35,35 @@ REDIS_URL = f"redis://{REDIS_HOST}:{REDIS_PORT}/0"
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 TEST_SECRET = "whsec_" + "dGVzdC1zZWNyZXQtZm9yLXZpc2l0b3ItZW5yaWNo"  # base64("test-secret-...")
+# API_TOKEN of the services the tests start: the status API answers only with it.
+TEST_API_TOKEN = "test-api-token-" + uuid.uuid4().hex
 TERMINAL_STATES = frozenset({"delivered", "partially_delivered", "failed", "dead"})
 
 T = TypeVar("T")
 
 
 # Signing and sending -------------------------------------------------------------------------
+
+
+def web_settings(prefix: str, queue: str, **overrides: Any) -> Settings:
+    """Settings of an in-process web app (TestClient) on the test Redis, with ``prefix`` and
+    ``queue``, the test secret, a DataFast key and the test API token, then ``overrides``."""
+    from config.settings import load_settings
+
+    values: dict[str, Any] = {
+        "redis_url": REDIS_URL,
+        "redis_key_prefix": prefix,
+        "celery_queue": queue,
+        "webhook_secret": TEST_SECRET,
+        "datafast_api_key": "df_test_key",
+        "api_token": TEST_API_TOKEN,
+    }
+    return load_settings(_env_file=None, **(values | overrides))
+
+
+def bearer(token: str = TEST_API_TOKEN) -> dict[str, str]:
+    """The Authorization header of the status API and the other read and admin endpoints."""
+    return {"Authorization": f"Bearer {token}"}
 
 
 def sign(
@@ -125,6 +151,29 @@ def cleanup_redis(client: redis.Redis, prefix: str, queue: str | None = None) ->
         _drop_unacked(client, queue)
 
 
+def dump_keys(client: redis.Redis, prefix: str) -> str:
+    """Every key under ``prefix`` with everything it holds, as text: what a search for
+    personal data (tests of erasure and retention) must look through."""
+    lines = []
+    for key in sorted(client.scan_iter(match=f"{prefix}*", count=500)):
+        kind = client.type(key).decode()
+        value: Any
+        if kind == "string":
+            value = client.get(key)
+        elif kind == "hash":
+            value = client.hgetall(key)
+        elif kind == "list":
+            value = client.lrange(key, 0, -1)
+        elif kind == "set":
+            value = client.smembers(key)
+        elif kind == "zset":
+            value = client.zrange(key, 0, -1, withscores=True)
+        else:
+            value = f"<{kind}>"
+        lines.append(f"{key!r} {kind}: {value!r}")
+    return "\n".join(lines)
+
+
 def _drop_unacked(client: redis.Redis, queue: str) -> None:
     """Remove our own unacknowledged messages from kombu's shared ``unacked`` hash, so that
     they are not restored into our (deleted) queue after the visibility timeout."""
@@ -170,8 +219,10 @@ class Service:
         inherited = {k: v for k, v in os.environ.items() if k.upper() not in names}
         self.env = {**inherited, **env}
         self.env.setdefault("WEBHOOK_SECRET", TEST_SECRET)
+        self.env.setdefault("API_TOKEN", TEST_API_TOKEN)
         self.env["PYTHONUNBUFFERED"] = "1"
         self.secret = self.env["WEBHOOK_SECRET"]
+        self.api_token = self.env["API_TOKEN"]
         self.queue = self.env["CELERY_QUEUE"]
         self.prefix = self.env["REDIS_KEY_PREFIX"]
         self.log_dir = log_dir
@@ -320,7 +371,7 @@ class Service:
 
     def status(self, event_id: str) -> dict[str, Any] | None:
         assert self.http is not None
-        response = self.http.get(f"/v1/events/{event_id}")
+        response = self.http.get(f"/v1/events/{event_id}", headers=bearer(self.api_token))
         if response.status_code == 404:
             return None
         response.raise_for_status()

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import redis
 from fastapi.testclient import TestClient
-from harness import TEST_SECRET, queue_length
+from harness import TEST_API_TOKEN, TEST_SECRET, bearer, queue_length
 from issue4_support import (
     DATAFAST_KEY,
     RC_TOKEN,
@@ -285,6 +285,7 @@ def web(isolation: tuple[str, str], redis_server: str) -> Iterator[TestClient]:
         webhook_secret=TEST_SECRET,
         datafast_api_key=DATAFAST_KEY,
         rocketchat_webhook_token=RC_WEBHOOK_TOKEN,
+        api_token=TEST_API_TOKEN,
     )
     with TestClient(create_app(settings)) as client:
         yield client
@@ -321,7 +322,7 @@ def test_webhook_right_token_is_exactly_200_also_for_a_duplicate(
     assert second.status_code == 200
     assert second.json()["data"]["state"] == "duplicate"
     assert queue_length(redis_client, isolation[1]) == 1
-    status = web.get("/v1/events/rc:room-w2").json()["data"]
+    status = web.get("/v1/events/rc:room-w2", headers=bearer()).json()["data"]
     assert status["type"] == "livechat" and status["visitorId"] == SEED_VISITOR
 
 

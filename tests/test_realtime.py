@@ -20,6 +20,7 @@ from worker.integrations.slack import render_realtime_alert
 from worker.journey import HotVisitor, RealtimeSnapshot
 from worker.realtime import (
     claim,
+    hot_key,
     is_cooling,
     poll,
     realtime_disabled_reason,
@@ -136,7 +137,7 @@ def test_claim_is_once_per_cooldown_and_sink(redis_client: redis.Redis, key_pref
     # A second process, same poll:
     assert claim(redis_client, key_prefix, "slack", hot, 60) is False
     assert is_cooling(redis_client, key_prefix, "slack", hot)
-    ttl = redis_client.ttl(f"{key_prefix}hot:slack:{SEED_VISITOR}")
+    ttl = redis_client.ttl(hot_key(key_prefix, "slack", SEED_VISITOR))
     assert 0 < ttl <= 60
     assert claim(redis_client, key_prefix, "discord", hot, 60) is True  # another alert sink
     assert claim(redis_client, key_prefix + "other:", "slack", hot, 60) is True  # deployment

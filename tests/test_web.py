@@ -15,10 +15,9 @@ from typing import Any
 import pytest
 import redis
 from fastapi.testclient import TestClient
-from harness import TEST_SECRET, queue_length, send_event, sign
+from harness import bearer, queue_length, send_event, sign, web_settings
 
 from config import Settings
-from config.settings import load_settings
 from worker.web import create_app
 
 VID = "a3ab2331-989f-4cfa-91c6-2461c9e3c6bd"
@@ -26,15 +25,7 @@ OTHER_SECRET = "whsec_" + base64.b64encode(b"some-other-secret").decode()
 
 
 def make_settings(prefix: str, queue: str, **overrides: Any) -> Settings:
-    values: dict[str, Any] = {
-        "redis_url": "redis://127.0.0.1:6379/0",
-        "redis_key_prefix": prefix,
-        "celery_queue": queue,
-        "webhook_secret": TEST_SECRET,
-        "datafast_api_key": "df_test_key",
-    }
-    values.update(overrides)
-    return load_settings(_env_file=None, **values)
+    return web_settings(prefix, queue, **overrides)
 
 
 @pytest.fixture
@@ -43,7 +34,9 @@ def web(isolation: tuple[str, str], redis_server: str) -> Iterator[Callable[...,
     clients: list[TestClient] = []
 
     def make(**overrides: Any) -> TestClient:
-        client = TestClient(create_app(make_settings(prefix, queue, **overrides)))
+        # Every request carries the status API's token; the tests of the token itself
+        # (tests/test_privacy.py) send their own.
+        client = TestClient(create_app(make_settings(prefix, queue, **overrides)), headers=bearer())
         clients.append(client)
         return client
 

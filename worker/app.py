@@ -28,7 +28,7 @@ def create_celery(settings: Settings) -> Celery:
     app = Celery(
         "visitor_enrich",
         broker=settings.redis_url,
-        include=["worker.tasks", "worker.realtime_tasks"],
+        include=["worker.tasks", "worker.realtime_tasks", "worker.privacy_tasks"],
     )
     app.conf.update(
         task_serializer="json",
@@ -84,6 +84,15 @@ def create_celery(settings: Settings) -> Celery:
             "schedule": min(60.0, settings.stuck_event_seconds / 2),
             "options": {"expires": min(60.0, settings.stuck_event_seconds / 2)},
         }
+    }
+    # Personal data past its retention (worker/privacy.py): often enough that nothing stays
+    # much longer than JOURNEY_RETENTION_SECONDS, at most every five minutes.
+    shortest = min(settings.journey_retention_seconds, settings.dead_letter_retention_seconds)
+    retention_period = max(1.0, min(300.0, shortest / 4))
+    schedule["expire-personal-data"] = {
+        "task": "visitor_enrich.expire_personal_data",
+        "schedule": retention_period,
+        "options": {"expires": retention_period},
     }
     if realtime_disabled_reason(settings) is None:
         # DataFast realtime map -> Slack hot-visitor alerts (worker/realtime.py).

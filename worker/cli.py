@@ -399,6 +399,41 @@ def dead_purge(yes: Annotated[bool, typer.Option("--yes", help="Do not ask.")] =
 
 
 @cli.command()
+def erase(
+    visitor: Annotated[
+        str | None,
+        typer.Option("--visitor", help="The datafast_visitor_id (or livechat visitor id)."),
+    ] = None,
+    email: Annotated[str | None, typer.Option("--email", help="The email address.")] = None,
+    scan: Annotated[
+        bool,
+        typer.Option(
+            "--scan",
+            help="Also look through every stored event, not only the index (events accepted "
+            "by a version without it).",
+        ),
+    ] = False,
+) -> None:
+    """Remove every record of one visitor id or email; list the notes left in outside systems."""
+    if (visitor is None) == (email is None):
+        typer.echo("give one of --visitor or --email", err=True)
+        raise typer.Exit(2)
+    from worker.privacy import erase as erase_subject
+    from worker.runtime import build_runtime
+
+    store = build_runtime(_settings()).store
+    if visitor is not None:
+        report = erase_subject(store, "visitor", visitor, scan=scan)
+    else:
+        report = erase_subject(store, "email", email or "", scan=scan)
+    typer.echo(f"erased {report.events} event{'s' if report.events != 1 else ''}")
+    if report.notes:
+        typer.echo("notes posted to outside systems (remove them there):")
+    for system, external_id in report.notes:
+        typer.echo(f"  {system}\t{external_id}")
+
+
+@cli.command()
 def realtime(
     once: Annotated[
         bool, typer.Option("--once", help="Poll once and exit (else every REALTIME_POLL_SECONDS).")

@@ -31,6 +31,7 @@ from typing import Any, ClassVar
 from pydantic import SecretStr
 
 from config import Settings
+from config.settings import split_secrets
 from worker.events import Event, EventRejected, is_email
 from worker.signature import SignatureError
 
@@ -84,9 +85,7 @@ def constant_time_equal(given: str | bytes, expected: str | bytes) -> bool:
 
 def secret_values(secret: SecretStr | None) -> list[str]:
     """The secrets in force for one setting: several, comma-separated, during a rotation."""
-    if secret is None:
-        return []
-    return [s.strip() for s in secret.get_secret_value().split(",") if s.strip()]
+    return [s.get_secret_value() for s in split_secrets(secret)]
 
 
 class WebhookAdapter(ABC):

@@ -12,9 +12,10 @@ Every ``REALTIME_POLL_SECONDS`` the beat schedules ``visitor_enrich.poll_realtim
    ``LEAD_ALERT_MIN_SCORE`` or whose current page is under one of ``HOT_PATHS``, plus, with
    ``ALERT_ON_PAYMENTS``, each of the recent payments;
 4. for each enabled alert sink (Slack and the other ``AlertSink``s), each is claimed with
-   ``SET {prefix}hot:{sink}:{visitorId} NX EX HOT_VISITOR_COOLDOWN`` (payments:
-   ``hot:{sink}:payment:{id}``), so several beat or worker processes never alert twice, and the
-   one that claims it posts the alert. A failed post gives the claim back so the next poll
+   ``SET {prefix}hot:{sink}:{sha256(visitorId)} NX EX HOT_VISITOR_COOLDOWN`` (payments: of
+   ``payment:{id}``; hashed so the key holds no personal data, and an erasure deletes it by the
+   same name), so several beat or worker processes never alert twice, and the one that claims
+   it posts the alert. A failed post gives the claim back so the next poll
    tries again; a process killed between claim and post loses that one alert for the cooldown
    (never doubles it).
 
@@ -36,6 +37,7 @@ from worker.journey import ActiveVisitor, HotVisitor, RealtimeSnapshot
 from worker.runtime import Runtime
 from worker.score import hot_path_of
 from worker.sink import AlertSink
+from worker.store import digest
 
 log = logging.getLogger(__name__)
 
@@ -117,8 +119,27 @@ def realtime_disabled_reason(settings: Settings, *, need_sink: bool = True) -> s
 # Redis and HTTP ----------------------------------------------------------------------------
 
 
+def hot_key(prefix: str, sink: str, dedupe_key: str) -> str:
+    """The alert dedupe key of a visitor id (or ``payment:{id}``) for one alert sink, named by
+    its hash so the key holds no personal data."""
+    return f"{prefix}hot:{sink}:{digest(dedupe_key)}"
+
+
+def visitor_hot_keys(prefix: str, visitor_id: str) -> list[str]:
+    """Every alert sink's dedupe key of ``visitor_id``, for an erasure (worker/privacy.py),
+    and the keys written before they were hashed, which held the visitor id itself."""
+    from worker.integrations import SINKS
+
+    sinks = [s.name for s in SINKS if issubclass(s, AlertSink)]
+    return [
+        *(hot_key(prefix, sink, visitor_id) for sink in sinks),
+        *(f"{prefix}hot:{sink}:{visitor_id}" for sink in sinks),
+        f"{prefix}hot:{visitor_id}",
+    ]
+
+
 def _hot_key(prefix: str, sink: str, hot: HotVisitor) -> str:
-    return f"{prefix}hot:{sink}:{hot.key}"
+    return hot_key(prefix, sink, hot.key)
 
 
 def claim(client: redis.Redis, prefix: str, sink: str, hot: HotVisitor, cooldown: int) -> bool:

@@ -12,9 +12,15 @@ def replay(rt: Runtime, letter: DeadLetter) -> str:
     from worker.tasks import deliver_to_sink, enrich_event
 
     store, queue = rt.store, rt.settings.celery_queue
+    refetch = False
     if store.load_event(letter.event_id) is None:
-        store.remove_dead_letter(letter.id)
-        return f"{letter.id}: event expired, dropped"
+        if letter.event is None or store.get_field(letter.event_id, "state") is None:
+            store.remove_dead_letter(letter.id)
+            return f"{letter.id}: event expired, dropped"
+        # Retention removed the event's personal data and kept it in the letter: put the
+        # event back; its journey is fetched again.
+        store.restore_event(letter.event)
+        refetch = True
     if letter.sink is None:
         store.reset_source(letter.event_id)
         store.set_state(letter.event_id, "queued", "replayed")
@@ -30,6 +36,11 @@ def replay(rt: Runtime, letter: DeadLetter) -> str:
         store.reset_sink(letter.event_id, letter.sink, "posting")
         store.set_state(letter.event_id, "enriching", "replayed")
         store.add_step(letter.event_id, "replayed", sink=letter.sink)
-        deliver_to_sink.apply_async((letter.event_id, letter.sink), queue=queue)
+        if refetch:
+            # enrich_event fetches the journey and delivers to each sink not done yet.
+            store.reset_source(letter.event_id)
+            enrich_event.apply_async((letter.event_id,), queue=queue)
+        else:
+            deliver_to_sink.apply_async((letter.event_id, letter.sink), queue=queue)
     store.remove_dead_letter(letter.id)
     return f"{letter.id}: queued"

@@ -9,6 +9,9 @@ function decodes the body to text and back, copies and lower-cases every header 
 datetimes, which made it 15 % of the web process's CPU per event (bench/README.md). The
 library still decodes the secret (so a secret it refuses is refused here too), and
 ``tests/test_signature.py`` checks that both give the same verdict on the same inputs.
+
+Several secrets may be in force at once (``WEBHOOK_SECRET`` lists them comma-separated while
+one is rotated): an event passes when any of its signatures matches any of them.
 """
 
 from __future__ import annotations
@@ -18,11 +21,25 @@ import binascii
 import hashlib
 import hmac
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
+from pydantic import SecretStr
 from standardwebhooks.webhooks import Webhook
 
 TOLERANCE_SECONDS = 5 * 60
+
+
+def matches_any(given: str | None, secrets: Sequence[SecretStr]) -> bool:
+    """Whether ``given`` (a token sent as it is: a bearer token, Rocket.Chat's header) is one
+    of ``secrets``, in constant time: every secret is compared, so the time taken tells
+    neither which one matched (the old or the new, during a rotation) nor how much of it."""
+    if not given or not secrets:
+        return False
+    candidate = given.encode()
+    matched = False
+    for secret in secrets:
+        matched |= hmac.compare_digest(candidate, secret.get_secret_value().encode())
+    return matched
 
 
 class SignatureError(Exception):
@@ -30,10 +47,13 @@ class SignatureError(Exception):
 
 
 class SignatureCheck:
-    """Verifies ``body`` and its headers against one secret."""
+    """Verifies ``body`` and its headers against one secret, or each of several."""
 
-    def __init__(self, secret: str, tolerance: float = TOLERANCE_SECONDS) -> None:
-        self._key = Webhook(secret)._whsecret
+    def __init__(self, secret: str | Iterable[str], tolerance: float = TOLERANCE_SECONDS) -> None:
+        secrets = [secret] if isinstance(secret, str) else list(secret)
+        if not secrets:
+            raise ValueError("a signature check needs at least one secret")
+        self._keys = tuple(Webhook(s)._whsecret for s in secrets)
         self._tolerance = tolerance
 
     def verify(self, body: bytes, headers: Mapping[str, str], now: float | None = None) -> None:
@@ -57,7 +77,7 @@ class SignatureCheck:
         if not sent_at <= now + self._tolerance:
             raise SignatureError("Message timestamp too new")
         signed = f"{msg_id}.{int(sent_at)}.".encode() + body
-        expected = hmac.digest(self._key, signed, hashlib.sha256)
+        expected = [hmac.digest(key, signed, hashlib.sha256) for key in self._keys]
         for entry in signatures.split(" "):
             version, sep, signature = entry.partition(",")
             if not sep or "," in signature:
@@ -68,6 +88,11 @@ class SignatureCheck:
                 given = base64.b64decode(signature)
             except (binascii.Error, ValueError):
                 raise SignatureError("Invalid Signature Headers") from None
-            if hmac.compare_digest(expected, given):
+            # Compared with every key, not stopping at a match, so the time taken does not
+            # tell which of the secrets (the old or the new one) signed the event.
+            matched = False
+            for digest in expected:
+                matched |= hmac.compare_digest(digest, given)
+            if matched:
                 return
         raise SignatureError("No matching signature found")

@@ -8,13 +8,23 @@ Keys (all under ``REDIS_KEY_PREFIX``):
     event:{id}:steps    list of JSON steps after "accepted", oldest first (capped)
     lock:{id}:{sink}    short lock held while one worker delivers to one sink
     dead                hash: dead-letter id -> JSON DeadLetter
+    inflight            zset: events not final, scored by their last progress
+    journeys            zset: events still holding personal data, scored by acceptance time
+    subject:{hash}      set: ids of the events of one visitor id or email (the hash of it,
+                        see ``subject_key``; the index holds no personal data)
+    erased:{hash}       tombstone of an erased event: the hash of its id, so a sender's retry
+                        is still a duplicate
+    audit               list: one JSON line per erasure (counts only, no personal data)
 
 Every key of an event expires after ``EVENT_RETENTION_SECONDS``; that is also the dedupe window.
+The personal data in it (the inbound event, the journey, step and sink details) is removed
+earlier, after ``JOURNEY_RETENTION_SECONDS`` (``scrub_event``, run by worker/privacy.py).
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import secrets
 import time
@@ -68,6 +78,9 @@ class DeadLetter(BaseModel):
     reason: str
     attempts: int = 0
     dead_at: str = Field(default_factory=_now)
+    # The inbound event, copied here when retention removes it from the event record, so the
+    # letter can still be replayed until DEAD_LETTER_RETENTION_SECONDS.
+    event: Event | None = None
 
 
 def overall_state(sinks: dict[str, SinkRecord]) -> EventState | None:
@@ -86,12 +99,16 @@ def overall_state(sinks: dict[str, SinkRecord]) -> EventState | None:
 
 # Claim event ids once and queue their tasks, atomically: create each event's hash only when
 # it does not exist yet, and push its task message (when given) in the same script.
-#   KEYS: inflight zset, the Celery queue list, then per event: its hash
+#   KEYS: inflight zset, the Celery queue list, journeys zset, then per event: its hash and
+#         its tombstone (``erased:{hash of the id}``, left by an erasure)
 #   ARGV: now (ISO), retention (s), now (unix), then per event: id, event JSON, task message
 #         ('' records without queueing)
 # Returns 1 (queued now) or 0 (a duplicate) per event. An event recorded earlier without its
 # task (recorded only, or by a version that published separately and failed) is queued by
 # the sender's retry instead of being called a duplicate: the 'enqueued' field tells.
+# An erased event's id is a duplicate too: EXISTS counts the hash and the tombstone in one
+# command. New events go into the journeys zset (what retention scrubs later) with ONE
+# ZADD per script call, not per event: the privacy work adds one command per batch.
 # The push comes first: a script that fails half-way (Redis does not roll back) then leaves
 # at worst a task whose event is not recorded, which the task ignores, never a recorded
 # event whose task is lost. The "accepted" step is not written to the steps list: it is
@@ -99,13 +116,14 @@ def overall_state(sinks: dict[str, SinkRecord]) -> EventState | None:
 # event instead of eight: the script is most of Redis's work per inbound event).
 _ACCEPT = """
 local created = {}
-local now, retention = ARGV[1], tonumber(ARGV[2])
-for i = 1, #KEYS - 2 do
-  local event_key = KEYS[2 + i]
+local journeys = {}
+local now, retention, unix = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+for i = 1, (#KEYS - 3) / 2 do
+  local event_key = KEYS[2 + 2 * i]
   local a = 3 * i + 1
   local message = ARGV[a + 2]
   created[i] = 0
-  if redis.call('EXISTS', event_key) == 1 then
+  if redis.call('EXISTS', event_key, KEYS[3 + 2 * i]) > 0 then
     if message ~= '' and redis.call('HGET', event_key, 'state') == 'queued'
         and redis.call('HEXISTS', event_key, 'enqueued') == 0 then
       redis.call('LPUSH', KEYS[2], message)
@@ -121,9 +139,14 @@ for i = 1, #KEYS - 2 do
     end
     redis.call('HSET', event_key, unpack(fields))
     redis.call('EXPIRE', event_key, retention)
-    redis.call('ZADD', KEYS[1], tonumber(ARGV[3]), ARGV[a])
+    redis.call('ZADD', KEYS[1], unix, ARGV[a])
+    table.insert(journeys, unix)
+    table.insert(journeys, ARGV[a])
     created[i] = 1
   end
+end
+if #journeys > 0 then
+  redis.call('ZADD', KEYS[3], unpack(journeys))
 end
 return created
 """
@@ -152,6 +175,15 @@ class EventSnapshot:
     state: str | None
     context: JourneyContext | None
     sinks: dict[str, SinkRecord] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ErasedRecords:
+    """What ``erase_events`` removed: the notes the events had posted (sink, external id),
+    and the events a task may have been working on at that moment."""
+
+    notes: list[tuple[str, str]]
+    busy: list[str]
 
 
 @dataclass(frozen=True)
@@ -218,6 +250,22 @@ class EventStore:
     def _dead_key(self) -> str:
         return f"{self.prefix}dead"
 
+    @property
+    def _journeys_key(self) -> str:
+        # Events whose record still holds personal data, scored by acceptance time.
+        return f"{self.prefix}journeys"
+
+    @property
+    def audit_key(self) -> str:
+        return f"{self.prefix}audit"
+
+    def subject_key(self, kind: SubjectKind, value: str) -> str:
+        """The index of one visitor id's or email's events; named by a hash of it."""
+        return f"{self.prefix}subject:{subject_hash(kind, value)}"
+
+    def tombstone_key(self, event_id: str) -> str:
+        return f"{self.prefix}erased:{digest(event_id)}"
+
     # Accepting ---------------------------------------------------------------------------
 
     def accept_script(self, client: Any) -> Any:
@@ -228,11 +276,11 @@ class EventStore:
         self, items: Sequence[tuple[Event, str]], queue: str
     ) -> tuple[list[str], list[Any]]:
         """KEYS and ARGV of the accept script for (event, task message) pairs."""
-        keys = [self._inflight_key, queue]
+        keys = [self._inflight_key, queue, self._journeys_key]
         args: list[Any] = [_now(), self.retention, time.time()]
-        event_key = self._event_key
+        event_key, tombstone_key = self._event_key, self.tombstone_key
         for event, message in items:
-            keys.append(event_key(event.id))
+            keys += (event_key(event.id), tombstone_key(event.id))
             args += [event.id, event.model_dump_json(), message]
         return keys, args
 
@@ -264,9 +312,210 @@ class EventStore:
         return Event.model_validate_json(raw) if raw else None
 
     def replace_event(self, event: Event) -> None:
-        """Store a completed event (e.g. a visitor id found on the livechat visitor)."""
+        """Store a completed event (e.g. a visitor id found on the livechat visitor), indexed
+        under its (maybe new) visitor id for erasure."""
         with self._commands() as pipe:
             pipe.hset(self._event_key(event.id), "event", event.model_dump_json())
+        self.index_subjects(event)
+
+    def restore_event(self, event: Event) -> None:
+        """Put back an event that retention removed (a dead letter's copy, for a replay): it
+        holds personal data again, so it is indexed and retention will remove it again."""
+        self.replace_event(event)
+        with self._commands() as pipe:
+            pipe.zadd(self._journeys_key, {event.id: time.time()})
+
+    # Privacy -----------------------------------------------------------------------------
+
+    def index_subjects(self, event: Event) -> None:
+        """Index the event under each visitor id and email it names (hashed), so an erasure
+        finds it without scanning. Written by the worker when it takes the event up, not by
+        the accept script: events not taken up yet are in the inflight set, which an erasure
+        reads too."""
+        with self._commands() as pipe:
+            for kind, value in event_subjects(event):
+                key = self.subject_key(kind, value)
+                pipe.sadd(key, event.id)
+                pipe.expire(key, self.retention)
+
+    def indexed_events(self, kind: SubjectKind, value: str) -> list[str]:
+        return [_text(i) for i in self.redis.smembers(self.subject_key(kind, value))]
+
+    def inflight_events(self) -> list[str]:
+        return [_text(i) for i in self.redis.zrange(self._inflight_key, 0, -1)]
+
+    def stored_events(self, event_ids: Sequence[str]) -> dict[str, Event]:
+        """The stored inbound events among ``event_ids`` (those retention left), by id."""
+        pipe = self.redis.pipeline(transaction=False)
+        for event_id in event_ids:
+            pipe.hget(self._event_key(event_id), "event")
+        found = {}
+        for event_id, raw in zip(event_ids, pipe.execute(), strict=True):
+            if raw:
+                found[event_id] = Event.model_validate_json(raw)
+        return found
+
+    def scan_events(self, batch: int = 500) -> Iterator[list[str]]:
+        """Every event id under the prefix, in batches, by SCAN (the erasure's fallback for
+        events that no index names, e.g. accepted by an older version)."""
+        prefix = f"{self.prefix}event:"
+        ids: list[str] = []
+        pattern = f"{_glob_escape(prefix)}*"
+        for key in self.redis.scan_iter(match=pattern, count=batch, _type="HASH"):
+            ids.append(_text(key)[len(prefix) :])
+            if len(ids) >= batch:
+                yield ids
+                ids = []
+        if ids:
+            yield ids
+
+    def erase_events(
+        self, events: dict[str, Event | None], *, tombstone: bool = True
+    ) -> ErasedRecords:
+        """Remove every record of these events; return the (sink, external id) pairs of the
+        notes they posted, for the operator to remove there, and the ids of the events a
+        worker was delivering (a delivery lock held) at that moment. Each event leaves a
+        tombstone (the hash of its id, until its dedupe window ends) so a sender's retry is
+        still a duplicate. ``events`` maps ids to their inbound event where it is still stored
+        (its visitor ids and email are taken out of the index)."""
+        ids = list(events)
+        pipe = self.redis.pipeline(transaction=False)
+        for event_id in ids:
+            pipe.hgetall(self._sinks_key(event_id))
+            pipe.ttl(self._event_key(event_id))
+            pipe.hget(self._event_key(event_id), "state")
+        answers = pipe.execute()
+        sinks = {
+            event_id: {_text(k): SinkRecord.model_validate_json(v) for k, v in raw.items()}
+            for event_id, raw in zip(ids, answers[0::3], strict=True)
+        }
+        ttls = dict(zip(ids, answers[1::3], strict=True))
+        # A task may be working on these right now: fetching the journey (it writes it, and
+        # plans the sinks, when the fetch returns) or delivering (a lock held). Locks hold no
+        # personal data (a random token) and expire on their own; they are left to the worker.
+        busy = [
+            event_id
+            for event_id, state in zip(ids, answers[2::3], strict=True)
+            if _text(state) == "enriching" or self.locks_held({event_id: list(sinks[event_id])})
+        ]
+        notes: list[tuple[str, str]] = []
+        pipe = self.redis.pipeline(transaction=False)
+        for event_id in ids:
+            records = sinks[event_id]
+            notes += [(name, r.external_id) for name, r in records.items() if r.external_id]
+            pipe.delete(
+                self._event_key(event_id), self._sinks_key(event_id), self._steps_key(event_id)
+            )
+            pipe.zrem(self._inflight_key, event_id)
+            pipe.zrem(self._journeys_key, event_id)
+            pipe.hdel(self._dead_key, event_id, *(f"{event_id}:{name}" for name in records))
+            if tombstone:
+                ttl = int(ttls[event_id])
+                pipe.set(self.tombstone_key(event_id), "1", ex=ttl if ttl > 0 else self.retention)
+            event = events[event_id]
+            for kind, value in event_subjects(event) if event else ():
+                pipe.srem(self.subject_key(kind, value), event_id)
+        pipe.execute()
+        return ErasedRecords(notes, busy)
+
+    def recreated(self, event_ids: Sequence[str]) -> list[str]:
+        """Which of these erased events a task wrote records of again since."""
+        pipe = self.redis.pipeline(transaction=False)
+        for event_id in event_ids:
+            pipe.exists(self._event_key(event_id), self._sinks_key(event_id))
+        return [e for e, n in zip(event_ids, pipe.execute(), strict=True) if int(n)]
+
+    def sinks_of(self, event_ids: Sequence[str]) -> dict[str, list[str]]:
+        pipe = self.redis.pipeline(transaction=False)
+        for event_id in event_ids:
+            pipe.hkeys(self._sinks_key(event_id))
+        return {
+            e: [_text(name) for name in names]
+            for e, names in zip(event_ids, pipe.execute(), strict=True)
+        }
+
+    def locks_held(self, sinks: dict[str, list[str]]) -> bool:
+        """Whether a delivery lock of any of these (event id -> sink names) is held."""
+        keys = [f"{self.prefix}lock:{e}:{name}" for e, names in sinks.items() for name in names]
+        return bool(keys) and int(self.redis.exists(*keys)) > 0
+
+    def audit(self, entry: dict[str, Any], keep: int = 1000) -> None:
+        """Append one audit line (the caller keeps personal data out of it)."""
+        with self._commands() as pipe:
+            pipe.lpush(self.audit_key, orjson.dumps({"at": _now(), **entry}))
+            pipe.ltrim(self.audit_key, 0, keep - 1)
+
+    def audit_lines(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.redis.lrange(self.audit_key, 0, -1)]
+
+    def journeys_older_than(self, seconds: float, limit: int = 500) -> list[str]:
+        """Events accepted more than ``seconds`` ago whose personal data is still stored."""
+        ids = self.redis.zrangebyscore(
+            self._journeys_key, "-inf", time.time() - seconds, start=0, num=limit
+        )
+        return [_text(i) for i in ids]
+
+    def scrub_event(self, event_id: str) -> bool:
+        """Remove the personal data of one event (retention), keeping what its status needs:
+        state, type, times, step names, each sink's state, attempts and external id. The
+        inbound event is copied into the event's dead letters, which a replay needs (they
+        expire on their own clock). False when the event was gone already."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hmget(self._event_key(event_id), "event", "state")
+        pipe.hgetall(self._sinks_key(event_id))
+        pipe.lrange(self._steps_key(event_id), 0, -1)
+        pipe.ttl(self._event_key(event_id))
+        (raw_event, state), sinks, steps, ttl = pipe.execute()
+        event = Event.model_validate_json(raw_event) if raw_event else None
+        records = {_text(k): SinkRecord.model_validate_json(v) for k, v in sinks.items()}
+        letter_ids = [event_id, *(f"{event_id}:{name}" for name in records)]
+        letters = self.redis.hmget(self._dead_key, letter_ids)
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.zrem(self._journeys_key, event_id)
+        if ttl > 0:
+            key = self._event_key(event_id)
+            fields: dict[str, str] = {"retention": "personal data removed"}
+            if event is not None:
+                fields["type"] = event.type
+            if _text(state) not in FINAL_EVENT_STATES:
+                # It can no longer be enriched or delivered; say so instead of leaving it
+                # in flight forever.
+                fields |= {"state": "failed", "updated_at": _now()}
+                pipe.zrem(self._inflight_key, event_id)
+            pipe.hdel(key, "event", "context", "reason")
+            pipe.hset(key, mapping=fields)
+            if records:
+                pipe.hset(
+                    self._sinks_key(event_id),
+                    mapping={
+                        name: r.model_copy(update={"reason": None}).model_dump_json()
+                        for name, r in records.items()
+                    },
+                )
+            if steps:
+                steps_key = self._steps_key(event_id)
+                pipe.delete(steps_key)
+                pipe.rpush(steps_key, *(orjson.dumps(_bare_step(s)) for s in steps))
+                pipe.expire(steps_key, ttl)
+        for letter_id, raw in zip(letter_ids, letters, strict=True):
+            if raw and event is not None:
+                letter = DeadLetter.model_validate_json(raw).model_copy(update={"event": event})
+                pipe.hset(self._dead_key, letter_id, letter.model_dump_json())
+        for kind, value in event_subjects(event) if event else ():
+            pipe.srem(self.subject_key(kind, value), event_id)
+        pipe.execute()
+        return int(ttl) > 0
+
+    def drop_dead_letters_older_than(self, seconds: float) -> int:
+        cutoff = datetime.now(UTC).timestamp() - seconds
+        old = [
+            letter.id
+            for letter in self.dead_letters()
+            if datetime.fromisoformat(letter.dead_at.replace("Z", "+00:00")).timestamp() < cutoff
+        ]
+        if old:
+            self.redis.hdel(self._dead_key, *old)
+        return len(old)
 
     # State and steps ---------------------------------------------------------------------
 
@@ -393,7 +642,8 @@ class EventStore:
         if not fields:
             return None
         data = {_text(k): _text(v) for k, v in fields.items()}
-        event = json.loads(data["event"])
+        # After JOURNEY_RETENTION_SECONDS only the type is left of the inbound event.
+        event = json.loads(data["event"]) if data.get("event") else {"type": data.get("type")}
         stored = [json.loads(s) for s in steps]
         # The accept script records no "accepted" step (see there): it is the event's creation.
         # An event accepted by an earlier version has it stored already.
@@ -424,6 +674,7 @@ class EventStore:
                 for name, raw in sinks.items()
             },
             "steps": stored,
+            **({"retention": data["retention"]} if data.get("retention") else {}),
         }
 
     # Dead letters ------------------------------------------------------------------------
@@ -466,3 +717,53 @@ class EventStore:
 
 def _text(value: Any) -> Any:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def _glob_escape(text: str) -> str:
+    """``text`` matched literally in a Redis glob pattern."""
+    return "".join(f"\\{c}" if c in "*?[]\\" else c for c in text)
+
+
+# Step fields that say what happened without personal data; details (error texts, reasons)
+# may quote a visitor id or an email and are dropped by retention.
+_BARE_STEP_FIELDS = ("at", "step", "sink", "attempt", "countdown")
+
+
+def _bare_step(raw: bytes | str) -> dict[str, Any]:
+    step = json.loads(raw)
+    return {name: step[name] for name in _BARE_STEP_FIELDS if name in step}
+
+
+# Hashing personal identifiers ---------------------------------------------------------------
+
+SubjectKind = Literal["visitor", "email"]
+
+
+def digest(text: str) -> str:
+    """The SHA-256 of ``text`` in hex: key names that must not hold the text itself."""
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def normalize_subject(kind: SubjectKind, value: str) -> str:
+    value = value.strip()
+    return value.lower() if kind == "email" else value
+
+
+def subject_hash(kind: SubjectKind, value: str) -> str:
+    return digest(f"{kind}:{normalize_subject(kind, value)}")
+
+
+def event_subjects(event: Event) -> list[tuple[SubjectKind, str]]:
+    """The visitor ids (analytics and livechat) and email an event names."""
+    found: list[tuple[SubjectKind, str]] = []
+    for visitor in (event.visitor_id, event.livechat_visitor_id):
+        if visitor:
+            found.append(("visitor", visitor))
+    if event.email:
+        found.append(("email", event.email))
+    return found
+
+
+def event_matches(event: Event, kind: SubjectKind, value: str) -> bool:
+    wanted = normalize_subject(kind, value)
+    return any(k == kind and normalize_subject(k, v) == wanted for k, v in event_subjects(event))

@@ -146,6 +146,8 @@ def enrich_event(self: Task, event_id: str) -> None:
         with store.batch() as batch:
             batch.set_state(event_id, "enriching")
             batch.add_step(event_id, "fetching", rt.source_class.label)
+            # From here on an erasure finds the event by its hashed visitor id and email.
+            batch.index_subjects(event)
         try:
             context = fetch_context(rt, event)
         except Throttled as exc:

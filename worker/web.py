@@ -11,28 +11,37 @@ import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from contextlib import asynccontextmanager
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import orjson
-from fastapi import FastAPI, Request, Response
+from fastapi import Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
-from pydantic import BaseModel
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, SecretStr
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope, Send
 
 from config import Settings, get_settings
+from config.settings import split_secrets
 from worker import __version__
-from worker.events import Event, EventRejected, InboundEvent, check_website, parse_event
+from worker.events import (
+    MAX_ID_LENGTH,
+    Event,
+    EventRejected,
+    InboundEvent,
+    check_website,
+    parse_event,
+)
 from worker.inbound import Ignored, WebhookAdapter, WebhookRequest
 from worker.intake import ENRICH_EVENT_TASK, EventIntake
 from worker.integrations import build_webhooks
 from worker.observability import configure_logging, init_sentry
 from worker.runtime import Runtime, build_runtime, settle_garbage_collector
-from worker.signature import SignatureCheck, SignatureError
+from worker.signature import SignatureCheck, SignatureError, matches_any
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +76,13 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 
 class ApiError(Exception):
-    def __init__(self, status_code: int, message: str) -> None:
+    def __init__(
+        self, status_code: int, message: str, headers: Mapping[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.status_code = status_code
         self.message = message
+        self.headers = headers
 
 
 class EnvelopeResponse(JSONResponse):
@@ -92,10 +104,13 @@ class EnvelopeResponse(JSONResponse):
         ]
 
 
-def error_response(status_code: int, message: str) -> JSONResponse:
+def error_response(
+    status_code: int, message: str, headers: Mapping[str, str] | None = None
+) -> JSONResponse:
     return EnvelopeResponse(
         {"status": "error", "error": {"code": status_code, "message": message}},
         status_code=status_code,
+        headers=headers,
     )
 
 
@@ -134,6 +149,67 @@ def header_map(scope: Scope) -> dict[str, str]:
     }
 
 
+# Bearer tokens ------------------------------------------------------------------------------
+
+# Documents the scheme in OpenAPI; the check itself is ``BearerAuth`` (auto_error off, so a
+# missing header gets this service's own 401 envelope and message).
+_bearer_scheme = HTTPBearer(auto_error=False, description="Authorization: Bearer <API_TOKEN>")
+
+
+class BearerAuth:
+    """A FastAPI dependency requiring ``Authorization: Bearer <token>``: give it to a route
+    as ``dependencies=[Depends(auth)]``.
+
+    ``secret`` may list several tokens, comma-separated (rotation). Unset, every request is
+    refused with a 401 that names ``variable``, unless ``open_note`` is given: then requests
+    pass and ``annotate`` puts the note on the answers (e.g. ``SANDBOX=true``). Reusable by any
+    read or admin surface (operator console, /metrics) with its own variable.
+    """
+
+    def __init__(self, secret: SecretStr | None, *, variable: str, open_note: str | None = None):
+        self.tokens = split_secrets(secret)
+        self.variable = variable
+        self.open_note = open_note
+
+    async def __call__(
+        self, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer_scheme)]
+    ) -> None:
+        if not self.tokens:
+            if self.open_note is not None:
+                return
+            raise ApiError(
+                401,
+                f"this endpoint needs a bearer token and {self.variable} is not set on the "
+                f"server: set {self.variable} and send Authorization: Bearer <{self.variable}>",
+                {"WWW-Authenticate": "Bearer"},
+            )
+        given = credentials.credentials if credentials is not None else None
+        if not matches_any(given, self.tokens):
+            raise ApiError(
+                401,
+                f"missing or wrong bearer token: send Authorization: Bearer <{self.variable}>",
+                {"WWW-Authenticate": 'Bearer error="invalid_token"'},
+            )
+
+    @property
+    def is_open(self) -> bool:
+        return not self.tokens and self.open_note is not None
+
+    def annotate(self, response: JSONResponse) -> JSONResponse:
+        """Say on an answer that it was given without a token (sandbox), when so."""
+        if self.is_open and self.open_note:
+            response.headers["X-Visitor-Enrich-Access"] = self.open_note
+        return response
+
+
+def api_access(settings: Settings) -> BearerAuth:
+    """The guard of the status API and the other read and admin endpoints (API_TOKEN)."""
+    note = None
+    if settings.sandbox and settings.api_token is None:
+        note = "open without a token: SANDBOX=true and API_TOKEN is not set"
+    return BearerAuth(settings.api_token, variable="API_TOKEN", open_note=note)
+
+
 def signature_check(settings: Settings) -> Callable[[bytes, Mapping[str, str]], None]:
     """The inbound signature check for these settings: raises ApiError(401) on a bad one."""
     secret = settings.webhook_secret
@@ -146,7 +222,7 @@ def signature_check(settings: Settings) -> Callable[[bytes, Mapping[str, str]], 
                 )
 
         return unsigned
-    check = SignatureCheck(secret.get_secret_value())
+    check = SignatureCheck(s.get_secret_value() for s in settings.webhook_secrets)
 
     def signed(body: bytes, headers: Mapping[str, str]) -> None:
         try:
@@ -310,7 +386,7 @@ async def serve_direct(
     try:
         response = await endpoint(Request(scope, receive, send))
     except ApiError as exc:
-        response = error_response(exc.status_code, exc.message)
+        response = error_response(exc.status_code, exc.message, exc.headers)
     except Exception:
         log.exception("unexpected error", extra={"path": scope["path"]})
         response = error_response(500, "internal error")
@@ -330,6 +406,9 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     require_uuid = rt.source_class.requires_uuid
     limit = settings.max_body_bytes
     websites = frozenset(settings.websites)
+    require_token = api_access(settings)
+    if require_token.is_open:
+        log.warning("status API %s", require_token.open_note)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -348,7 +427,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
 
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return error_response(exc.status_code, exc.message)
+        return error_response(exc.status_code, exc.message, exc.headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -394,7 +473,14 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         },
     )
 
-    @app.get("/v1/events/{event_id}", response_model=SuccessEnvelope, responses=_errors(404, 503))
+    @app.get(
+        "/v1/events/{event_id}",
+        response_model=SuccessEnvelope,
+        responses=_errors(401, 404, 503),
+        dependencies=[Depends(require_token)],
+        description="The event's state, per-sink outcomes and step log. Needs "
+        "`Authorization: Bearer <API_TOKEN>`.",
+    )
     async def get_event(event_id: str) -> JSONResponse:
         try:
             data = await run_in_threadpool(rt.store.describe, event_id)
@@ -402,7 +488,33 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
             raise ApiError(503, "the status store is unavailable") from None
         if data is None:
             raise ApiError(404, f"no event {event_id!r}")
-        return success_response(data)
+        return require_token.annotate(success_response(data))
+
+    @app.delete(
+        "/v1/visitors/{visitor_id}",
+        response_model=SuccessEnvelope,
+        responses=_errors(401, 422, 503),
+        dependencies=[Depends(require_token)],
+        description='Erase every record of this visitor id (README "Privacy"); the answer '
+        "lists the notes posted to outside systems (system, externalId), which stay there. "
+        "`scan=true` also looks through every stored event, not only the index. Needs "
+        "`Authorization: Bearer <API_TOKEN>`.",
+    )
+    async def erase_visitor(visitor_id: str, scan: bool = False) -> JSONResponse:
+        from worker.privacy import erase
+
+        if not visitor_id.strip() or len(visitor_id) > MAX_ID_LENGTH:
+            raise ApiError(422, f"visitor id: give 1 to {MAX_ID_LENGTH} characters")
+        try:
+            report = await run_in_threadpool(
+                erase, rt.store, "visitor", visitor_id, scan=scan, via="api"
+            )
+        except Exception:
+            log.exception("erasure failed")
+            raise ApiError(
+                503, "the store is unavailable; nothing or part was erased, retry"
+            ) from None
+        return require_token.annotate(success_response(report.as_json()))
 
     @app.get("/healthz", response_model=SuccessEnvelope)
     async def healthz() -> JSONResponse:

@@ -44,7 +44,6 @@ from worker.http import ServiceClient, UpstreamResponse, secret_text
 from worker.inbound import (
     WebhookAdapter,
     WebhookRequest,
-    constant_time_equal,
     custom_fields,
     date_field,
     email_field,
@@ -55,6 +54,7 @@ from worker.integration import Integration
 from worker.journey import JourneyContext
 from worker.note import Limits, fit, journey_sections, not_found_text, title
 from worker.ratelimit import SharedRateLimiter
+from worker.signature import matches_any
 from worker.sink import Completion, DeliveryResult, Note, Sink
 from worker.text import cut
 
@@ -142,10 +142,10 @@ class RocketChatWebhook(WebhookAdapter):
         return settings.rocketchat_webhook_token is not None
 
     def verify(self, request: WebhookRequest) -> None:
-        expected = self.settings.rocketchat_webhook_token
-        given = request.headers.get("x-rocketchat-livechat-token", "")
+        # Several tokens while one is rotated (README "Privacy").
+        given = request.headers.get("x-rocketchat-livechat-token")
         require_signature(
-            expected is not None and constant_time_equal(given, expected.get_secret_value()),
+            matches_any(given, self.settings.rocketchat_webhook_tokens),
             "bad or missing X-RocketChat-Livechat-Token",
         )
 
