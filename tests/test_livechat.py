@@ -253,9 +253,7 @@ def test_sink_skips_without_room_and_maps_errors(fake: SeedFake, runtime: Runtim
     bad = runtime.settings.model_copy(update={"rocketchat_user_id": "someone-else"})
     with pytest.raises(AuthFailed) as auth:
         in_room = event.model_copy(update={"room_id": "room-a"})
-        RocketChatSink(bad, runtime.limiter).deliver(
-            in_room, ctx, sink.render_note(in_room, ctx)
-        )
+        RocketChatSink(bad, runtime.limiter).deliver(in_room, ctx, sink.render_note(in_room, ctx))
     assert "You must be logged in to do this." in str(auth.value)
     assert "visitor-enrich" in sink.check()
 

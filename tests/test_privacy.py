@@ -18,12 +18,12 @@ from harness import TEST_API_TOKEN, bearer, dump_keys, send_event, web_settings
 from config import ConfigError, Settings, load_settings
 from config.settings import split_secrets
 from worker.events import Event
-from worker.journey import JourneyContext
+from worker.journey import ActiveVisitor, HotVisitor, JourneyContext
 from worker.privacy import erase, expire_personal_data
-from worker.realtime import HotVisitor, RealtimeVisitor, claim, hot_key
-from worker.signature import SignatureCheck, SignatureError
+from worker.realtime import claim, hot_key
+from worker.signature import SignatureCheck, SignatureError, matches_any
 from worker.store import EventStore, SinkRecord
-from worker.web import bearer_matches, create_app
+from worker.web import create_app
 
 OLD_SECRET = "whsec_" + base64.b64encode(b"the secret being rotated out....").decode()
 NEW_SECRET = "whsec_" + base64.b64encode(b"the secret being rotated in.....").decode()
@@ -115,10 +115,10 @@ def test_bearer_matches_each_token_and_nothing_else() -> None:
     tokens = load_settings(_env_file=None, api_token=" a-1 , b-2 ,").api_token
     listed = split_secrets(tokens)
     assert [t.get_secret_value() for t in listed] == ["a-1", "b-2"]
-    assert bearer_matches("a-1", listed) and bearer_matches("b-2", listed)
+    assert matches_any("a-1", listed) and matches_any("b-2", listed)
     for given in ("a-", "a-1 ", "", None, "a-1,b-2"):
-        assert not bearer_matches(given, listed)
-    assert not bearer_matches("a-1", [])
+        assert not matches_any(given, listed)
+    assert not matches_any("a-1", [])
 
 
 def test_openapi_documents_the_bearer_token(isolation: tuple[str, str]) -> None:
@@ -250,25 +250,26 @@ def store_everything(store: EventStore, who: Subject) -> dict[str, str]:
     store.replace_event(livechat.model_copy(update={"visitor_id": who.visitor}))
     for event in (signup, ticket, livechat, dead):
         store.save_context(event.id, _journey(who.visitor))
-    store.plan_sinks(signup.id, ["hubspot"], {"slack": f"score low for {who.email}"})
+    store.plan_sinks(signup.id, {"hubspot": SinkRecord()}, {"slack": f"score low for {who.email}"})
     store.save_sink(
         signup.id, "hubspot", SinkRecord(state="delivered", external_id="note-123", attempts=1)
     )
-    store.plan_sinks(ticket.id, ["zendesk"], {})
+    store.plan_sinks(ticket.id, {"zendesk": SinkRecord()}, {})
     store.save_sink(ticket.id, "zendesk", SinkRecord(state="delivered", external_id="c-456"))
-    store.plan_sinks(dead.id, ["hubspot"], {})
+    store.plan_sinks(dead.id, {"hubspot": SinkRecord()}, {})
     store.save_sink(
         dead.id, "hubspot", SinkRecord(state="dead", reason=f"409 for {who.email}", attempts=3)
     )
     store.add_dead_letter(dead.id, "hubspot", f"409 for {who.email}", 3)
     store.add_dead_letter(dead.id, None, f"404 no visitor {who.visitor}", 1)
-    store.plan_sinks(livechat.id, ["rocketchat"], {})
+    store.plan_sinks(livechat.id, {"rocketchat": SinkRecord()}, {})
     store.save_sink(livechat.id, "rocketchat", SinkRecord(state="failed", reason=who.visitor))
     for event in (signup, ticket, livechat, dead):
         store.refresh_state(event.id)
     # The realtime alert dedupe of this visitor.
-    visitor = RealtimeVisitor.model_validate({"visitorId": who.visitor})
-    assert claim(store.redis, store.prefix, HotVisitor(visitor, ("hot",), who.visitor), 600)
+    hot = HotVisitor(ActiveVisitor(visitor_id=who.visitor), ("hot",), who.visitor)
+    for sink in ("slack",):
+        assert claim(store.redis, store.prefix, sink, hot, 600)
     return ids
 
 
@@ -318,8 +319,8 @@ def test_erasure_leaves_no_trace_in_any_key(
     # The tombstone is the hash of the id, for the event's remaining dedupe window.
     assert ids["signup"] not in dump
     assert 0 < redis_client.ttl(store.tombstone_key(ids["signup"])) <= 600
-    assert not redis_client.exists(hot_key(store.prefix, who.visitor))
-    assert redis_client.exists(hot_key(store.prefix, bystander.visitor))
+    assert not redis_client.exists(hot_key(store.prefix, "slack", who.visitor))
+    assert redis_client.exists(hot_key(store.prefix, "slack", bystander.visitor))
     # An audit line per erasure, with counts only.
     lines = store.audit_lines()
     assert [line["by"] for line in lines] == [second, first]
@@ -336,7 +337,7 @@ def test_erasure_waits_for_a_task_busy_with_the_event_and_erases_what_it_writes(
     assert store.accept(event)
     store.index_subjects(event)
     store.set_state(event.id, "enriching")
-    store.plan_sinks(event.id, ["hubspot"], {})
+    store.plan_sinks(event.id, {"hubspot": SinkRecord()}, {})
     claim = store.claim_sink(event.id, "hubspot", 30)  # a worker is posting the note now
     assert claim is not None
 
@@ -364,12 +365,14 @@ def test_erasure_by_visitor_removes_the_realtime_dedupe_and_its_legacy_key(
     store: EventStore, redis_client: redis.Redis
 ) -> None:
     who = Subject()
-    redis_client.set(hot_key(store.prefix, who.visitor), "1", ex=600)
-    redis_client.set(f"{store.prefix}hot:{who.visitor}", "1", ex=600)  # written before hashing
+    redis_client.set(hot_key(store.prefix, "slack", who.visitor), "1", ex=600)
+    # Written before the keys were hashed (per sink, and before alerts had several sinks).
+    redis_client.set(f"{store.prefix}hot:slack:{who.visitor}", "1", ex=600)
+    redis_client.set(f"{store.prefix}hot:{who.visitor}", "1", ex=600)
     report = erase(store, "visitor", who.visitor)
     assert report.events == 0 and report.notes == []
     assert _found(dump_keys(redis_client, store.prefix), who) == []
-    assert not redis_client.exists(hot_key(store.prefix, who.visitor))
+    assert not redis_client.exists(hot_key(store.prefix, "slack", who.visitor))
 
 
 def test_scan_finds_events_no_index_names(store: EventStore, redis_client: redis.Redis) -> None:

@@ -36,7 +36,7 @@ from harness import (
 )
 from issue4_support import SeedFake, rc_visitor_seed_004, spawn_beat, stop_process
 
-from worker.render import HUBSPOT_PROPERTIES
+from worker.integrations.hubspot import HUBSPOT_PROPERTIES
 
 pytestmark = pytest.mark.e2e
 
