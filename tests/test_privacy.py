@@ -18,15 +18,19 @@ from harness import TEST_API_TOKEN, bearer, dump_keys, send_event, web_settings
 from config import ConfigError, Settings, load_settings
 from config.settings import split_secrets
 from worker.events import Event
+from worker.integrations import SINKS
 from worker.journey import ActiveVisitor, HotVisitor, JourneyContext
 from worker.privacy import erase, expire_personal_data
 from worker.realtime import claim, hot_key
 from worker.signature import SignatureCheck, SignatureError, matches_any
+from worker.sink import AlertSink
 from worker.store import EventStore, SinkRecord
 from worker.web import create_app
 
 OLD_SECRET = "whsec_" + base64.b64encode(b"the secret being rotated out....").decode()
 NEW_SECRET = "whsec_" + base64.b64encode(b"the secret being rotated in.....").decode()
+# Every alert sink keeps its own realtime dedupe key per visitor.
+ALERT_SINKS = [s.name for s in SINKS if issubclass(s, AlertSink)]
 UNKNOWN_SECRET = "whsec_" + base64.b64encode(b"a secret nobody configured......").decode()
 
 
@@ -268,7 +272,7 @@ def store_everything(store: EventStore, who: Subject) -> dict[str, str]:
         store.refresh_state(event.id)
     # The realtime alert dedupe of this visitor.
     hot = HotVisitor(ActiveVisitor(visitor_id=who.visitor), ("hot",), who.visitor)
-    for sink in ("slack",):
+    for sink in ALERT_SINKS:
         assert claim(store.redis, store.prefix, sink, hot, 600)
     return ids
 
@@ -319,8 +323,9 @@ def test_erasure_leaves_no_trace_in_any_key(
     # The tombstone is the hash of the id, for the event's remaining dedupe window.
     assert ids["signup"] not in dump
     assert 0 < redis_client.ttl(store.tombstone_key(ids["signup"])) <= 600
-    assert not redis_client.exists(hot_key(store.prefix, "slack", who.visitor))
-    assert redis_client.exists(hot_key(store.prefix, "slack", bystander.visitor))
+    for sink in ALERT_SINKS:
+        assert not redis_client.exists(hot_key(store.prefix, sink, who.visitor))
+        assert redis_client.exists(hot_key(store.prefix, sink, bystander.visitor))
     # An audit line per erasure, with counts only.
     lines = store.audit_lines()
     assert [line["by"] for line in lines] == [second, first]
