@@ -34,7 +34,7 @@ from harness import (
     new_queue,
     wait_for,
 )
-from issue4_support import SeedFake, rc_visitor_seed_004, spawn_beat, stop_process
+from issue4_support import SeedFake, rc_visitor_seed_004
 
 from worker.integrations.hubspot import HUBSPOT_PROPERTIES
 
@@ -279,27 +279,24 @@ def test_retention_removes_the_journey_and_keeps_the_state(
     shared.add_ticket(ticket)
     try:
         with Service(env, log_dir, redis_client=module_redis) as svc:
-            beat, _ = spawn_beat(svc, "beat", log_dir)
-            try:
-                event_id = _send(
-                    svc,
-                    {
-                        "type": "support_ticket",
-                        "datafast_visitor_id": who.visitor,
-                        "email": who.email,
-                        "ticket_id": ticket,
-                    },
-                )
-                delivered = svc.wait_for_state(event_id, {"delivered"})
-                assert delivered["visitorId"] == who.visitor
-                names = [s["step"] for s in delivered["steps"]]
-                scrubbed = wait_for(
-                    lambda: (s := svc.status(event_id)) and "retention" in s and s,
-                    timeout=20,
-                    message="retention to remove the journey",
-                )
-            finally:
-                stop_process(beat)
+            svc.start_beat("beat")  # stopped with the service
+            event_id = _send(
+                svc,
+                {
+                    "type": "support_ticket",
+                    "datafast_visitor_id": who.visitor,
+                    "email": who.email,
+                    "ticket_id": ticket,
+                },
+            )
+            delivered = svc.wait_for_state(event_id, {"delivered"})
+            assert delivered["visitorId"] == who.visitor
+            names = [s["step"] for s in delivered["steps"]]
+            scrubbed = wait_for(
+                lambda: (s := svc.status(event_id)) and "retention" in s and s,
+                timeout=20,
+                message="retention to remove the journey",
+            )
         assert scrubbed["state"] == "delivered" and scrubbed["type"] == "support_ticket"
         assert scrubbed["visitorId"] is None
         assert [s["step"] for s in scrubbed["steps"]] == names
