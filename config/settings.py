@@ -292,9 +292,12 @@ class Settings(BaseSettings):
     circuit_failure_threshold: int = Field(default=5, ge=1)
     circuit_window_seconds: float = Field(default=30.0, gt=0)
     circuit_cooldown_seconds: float = Field(default=15.0, gt=0)
-    # An event that made no progress for this long (a task lost with a broker outage) is
-    # queued again by beat; the tasks are idempotent, so a second run only finishes it.
-    stuck_event_seconds: float = Field(default=300.0, ge=30)
+    # How long a worker's hold on an event or on a sink lock outlives its last renewal
+    # (worker/lease.py): each worker renews what it holds every quarter of it, and an event
+    # that no live worker holds and that made no progress for this long (a worker killed, a
+    # task lost with a broker outage) is queued again. The tasks are idempotent, so a second
+    # run only finishes it.
+    worker_lease_seconds: float = Field(default=8.0, ge=2, le=60)
     # Beat (celery-redbeat): every beat process wants one Redis lock; the holder schedules and
     # renews it every fifth of this many seconds, the others wait. A standby takes over at most
     # this long (plus a fifth) after the active beat dies.

@@ -3,7 +3,6 @@ redelivery, retries that leave delivered sinks alone, dead letters and replay.""
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Iterator
 from typing import ClassVar
@@ -244,38 +243,6 @@ def test_replay_of_a_dead_letter_twice_posts_once(
 def test_overall_state(states: list[str], expected: str | None) -> None:
     records = {str(i): SinkRecord(state=s) for i, s in enumerate(states)}  # type: ignore[arg-type]
     assert overall_state(records) == expected
-
-
-def test_stuck_events_are_queued_again_and_final_ones_dropped(
-    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from worker import tasks
-
-    lost = Event(id=f"evt_{uuid.uuid4().hex[:10]}", type="signup", visitor_id=str(uuid.uuid4()))
-    done = Event(id=f"evt_{uuid.uuid4().hex[:10]}", type="signup", visitor_id=str(uuid.uuid4()))
-    fresh = Event(id=f"evt_{uuid.uuid4().hex[:10]}", type="signup", visitor_id=str(uuid.uuid4()))
-    for event in (lost, done, fresh):
-        assert runtime.store.accept(event)
-    inflight = f"{runtime.store.prefix}inflight"
-    # The first two were accepted 10 minutes ago; "done" has reached a final state since.
-    for event in (lost, done):
-        runtime.redis.zadd(inflight, {event.id: time.time() - 600})
-    runtime.store.set_state(done.id, "delivered")
-
-    queued: list[tuple[str, ...]] = []
-    monkeypatch.setattr(tasks, "get_runtime", lambda: runtime)
-    monkeypatch.setattr(
-        tasks.enrich_event, "apply_async", lambda args, queue: queued.append(tuple(args))
-    )
-    assert tasks.requeue_stuck_events() == 1
-    assert queued == [(lost.id,)]
-    steps = runtime.store.describe(lost.id)["steps"]  # type: ignore[index]
-    assert steps[-1]["step"] == "requeued"
-    # Requeueing counts as progress: the next sweep leaves it alone for another period.
-    assert tasks.requeue_stuck_events() == 0
-    assert runtime.store.stuck_events(0.0) != []  # still in flight, just not idle
-    assert done.id not in runtime.store.stuck_events(0.0)
-    assert fresh.id in runtime.store.stuck_events(0.0)
 
 
 class FlakySink(RecordingSink):

@@ -5,7 +5,8 @@ with DataFast, HubSpot, Zendesk and Slack played by ``FaultyUpstream`` (tests/fa
 an extension of tests/fakes.py), and asserts what arrived at the fakes:
 
 1. kill -9 of the worker holding a Zendesk post (and a Slack post) between the call and the
-   record: one Zendesk comment; Slack, which cannot look, at most two messages.
+   record: delivered within 20 s of the kill (worker leases, not the 60 s visibility
+   timeout); one Zendesk comment; Slack, which cannot look, at most two messages.
 2. three workers, 300 events, DataFast quota 20/s: never more than 20 DataFast requests in any
    1 s window, no 429, everything delivered.
 3. DataFast answering 429 + ``Retry-After: 3`` for 4 s: after a 429 nothing reaches it for 3 s,
@@ -14,11 +15,9 @@ an extension of tests/fakes.py), and asserts what arrived at the fakes:
    chunked), and Zendesk 500: bounded retries, a dead letter ``visitor-enrich dead list``
    shows, one comment after ``dead replay --all``, nothing more after a second replay; and the
    circuit breaker holds every call for its cool-down without failing the events.
-5. the service's own redis-server stopped for 3 s under inbound load: every 202 delivered,
-   every other answer 503 and delivered when sent again, /readyz 503 meanwhile, workers
-   reconnect by themselves. Two kombu/Celery 5.7 faults are tolerated there, narrowly and
-   with a warning (see the test): a worker exiting while it closes the lost connection, and
-   a message popped by BRPOP at the very instant Redis stops.
+5. the service's own redis-server stopped for 3 s under inbound load: every 202 delivered
+   within 30 s of Redis's return, every other answer 503 and delivered when sent again,
+   /readyz 503 meanwhile, workers reconnect by themselves and none exits.
 6. none of the (distinctive) secrets appears in any log captured above or in the CLI output.
 
 The shared Redis is used in database ``REDIS_DB``, not 0: kombu keeps its ``unacked`` hash per
@@ -36,7 +35,6 @@ import re
 import threading
 import time
 import uuid
-import warnings
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -55,7 +53,6 @@ from faults_support import (
     FaultService,
     FaultyUpstream,
     PrivateRedis,
-    broker_holds,
     max_in_window,
     pid_of_connection,
     run_cli,
@@ -246,14 +243,15 @@ def _held_posts(fake: FaultyUpstream, ticket: str) -> list[Any]:
 def kill_run(db: redis.Redis, tmp_path_factory: pytest.TempPathFactory) -> KillRun:
     """Three workers; the Zendesk and Slack fakes take the post at once and answer 4 s late;
     the worker(s) waiting on those answers (found by their connection to the fake) are killed
-    with SIGKILL. At least one worker survives, and Redis hands it the unacked tasks after
-    BROKER_VISIBILITY_TIMEOUT=10 s."""
+    with SIGKILL. At least one worker survives; the sweep of a surviving worker queues the
+    events again once the killed worker's lease has lapsed (WORKER_LEASE_SECONDS, 8 s), long
+    before Redis's visibility timeout (60 s) would."""
     with FaultyUpstream() as fake:
         visitor = fake.add_visitor(full_profile(score=90))
         ticket = new_ticket(fake)
         fake.delay("zendesk", 4.0, method="PUT", match=f"/tickets/{ticket}.json")
         fake.delay("slack", 4.0, method="POST")
-        env = base_env(fake, BROKER_VISIBILITY_TIMEOUT="10", HTTP_READ_TIMEOUT="10")
+        env = base_env(fake, HTTP_READ_TIMEOUT="10")
         with running(env, tmp_path_factory.mktemp("kill9"), 3, db) as svc:
             zendesk_event = post(svc, ticket_event(visitor, ticket))
             # A hot signup without an email: Slack only (HubSpot needs the email).
@@ -315,7 +313,7 @@ def test_kill9_after_the_zendesk_post_leaves_exactly_one_comment(kill_run: KillR
         f"not delivered within 2 minutes of the kill: {run.statuses[run.zendesk_event]}\n"
         f"{run.logs[-5000:]}"
     )
-    assert run.delivered_after[run.zendesk_event] < 120
+    assert run.delivered_after[run.zendesk_event] <= 20
     assert len(run.comments) == 1, run.comments
     assert f"visitor-enrich:{run.zendesk_event}" in text_of(run.comments[0])
     assert run.puts == 1  # the redelivered task looked (GET comments) instead of posting
@@ -333,7 +331,7 @@ def test_kill9_after_the_slack_post_may_repeat_it_once(kill_run: KillRun) -> Non
     print(f"\nSlack messages for the event: {run.slack_messages}")
     assert run.states_at_kill["slack"] == "posting"
     assert run.slack_event in run.delivered_after, run.statuses[run.slack_event]
-    assert run.delivered_after[run.slack_event] < 120
+    assert run.delivered_after[run.slack_event] <= 20
     assert 1 <= run.slack_messages <= 2
     assert run.statuses[run.slack_event]["sinks"]["slack"]["state"] == "delivered"
 
@@ -766,11 +764,6 @@ def test_circuit_breaker_holds_calls_for_the_cooldown_without_failing_events(
 # 5. Redis outage under inbound load ----------------------------------------------------------
 
 
-KOMBU_CLOSE_CRASH = (
-    "Unrecoverable error: AttributeError(\"'NoneType' object has no attribute 'hostname'\")"
-)
-
-
 @dataclass
 class Sent:
     event_id: str
@@ -841,21 +834,17 @@ def test_redis_outage_answers_503_and_loses_no_accepted_event(tmp_path: Path) ->
 
                 accepted = [s for s in sent if s.code == 202]
                 refused = [s for s in sent if s.code != 202]
-                time.sleep(1.0)
-                crashed = [i for i, proc in enumerate(svc.worker_procs) if proc.poll() is not None]
-                for _ in crashed:
-                    # What `restart: unless-stopped` (docker-compose) or a Procfile platform does.
-                    svc.spawn_worker()
+                # Within 30 s of Redis's return, with no process restarted by anyone.
                 states = wait_states(
                     client,
                     svc.prefix,
                     [s.event_id for s in accepted],
                     {"delivered"},
-                    45,
+                    max(0.0, up_at + 30 - time.monotonic()),
                     check=False,
                 )
                 stuck = sorted(e for e, state in states.items() if state != "delivered")
-                vanished = [e for e in stuck if not broker_holds(client, svc.queue, e)]
+                exited = [i for i, proc in enumerate(svc.worker_procs) if proc.poll() is not None]
                 # A refused event is one the sender may send again: it must then go through.
                 resent = [
                     svc.send_event(s.payload, event_id=s.event_id).status_code for s in refused
@@ -878,8 +867,8 @@ def test_redis_outage_answers_503_and_loses_no_accepted_event(tmp_path: Path) ->
                 ).status_code
                 wait_states(client, svc.prefix, [orphan.id], {"delivered"}, 30)
                 logs = svc.logs()
-                survivors = [svc.log(f"worker{i}") for i in range(2) if i not in crashed]
-                crash_logs = [svc.log(f"worker{i}") for i in crashed]
+                worker_logs = [svc.log(f"worker{i}") for i in range(2)]
+                web_exited = svc.web is not None and svc.web.poll() is not None
             comments = {s.event_id: len(private_comments(fake, s.ticket)) for s in sent}
             orphan_comments = len(private_comments(fake, orphan_ticket))
     finally:
@@ -895,37 +884,18 @@ def test_redis_outage_answers_503_and_loses_no_accepted_event(tmp_path: Path) ->
     late = [round(s.at - up_at, 2) for s in refused if not down_at - 0.5 <= s.at <= up_at + 2]
     assert late == [], f"503 at {late} s after Redis answered again"
     assert any(s.at > up_at for s in accepted)  # accepted again after the restart
-    # An accepted event whose task is still in the broker is always delivered. But kombu's
-    # Redis transport pops a message (BRPOP) before it records it as unacknowledged: when
-    # Redis shuts down at that instant, the reply and the message are lost (the AOF shows the
-    # LPUSH, the RPOP, and no unacked entry); the event stays "queued" or "enriching". Seen in
-    # about 1 run of 15; at most one message per worker's BRPOP can be lost that way, so at
-    # most 2 here. Tolerated with a warning, reported as a residual risk.
-    assert stuck == vanished, f"stuck with their task still queued: {set(stuck) - set(vanished)}"
-    assert len(vanished) <= 2, f"events accepted and lost by the broker: {vanished}"
-    if vanished:
-        warnings.warn(f"accepted event(s) lost in the broker: {vanished}", stacklevel=1)
-    wrong = {e: n for e, n in comments.items() if n != 1 and e not in vanished}
+    assert exited == [] and not web_exited, f"processes exited: workers {exited}\n{logs[-6000:]}"
+    assert stuck == [], f"not delivered within 30 s of Redis's return: {stuck}\n{logs[-6000:]}"
+    wrong = {e: n for e, n in comments.items() if n != 1}
     assert wrong == {}, f"comments per event (should be 1): {wrong}\n{logs[-6000:]}"
     assert set(resent) == {202}, resent
     assert (orphan_answer, orphan_comments) == (202, 1)
     readiness = Counter(code for at, code in ready if gone_at < at < back_at)
     assert set(readiness) == {503}, readiness
     assert ready[-1][1] == 200, ready[-5:]
-    # The workers reconnect by themselves...
-    for log in survivors:
+    # The workers reconnect by themselves.
+    for log in worker_logs:
         assert log.count("Connected to redis://") >= 2, log[-4000:]
-    # ...except when kombu fails while closing the lost connection (kombu/celery 5.7: closing
-    # the default channel restores its unacked messages through a transport already
-    # collected). Only that known crash is tolerated here; the supervisor restarts the worker.
-    for log in crash_logs:
-        assert KOMBU_CLOSE_CRASH in log, log[-6000:]
-    if crashed:
-        warnings.warn(
-            f"worker(s) {crashed} exited on the Redis outage ({KOMBU_CLOSE_CRASH}); "
-            "restarted as a supervisor would",
-            stacklevel=1,
-        )
 
 
 # 6. secrets ------------------------------------------------------------------------------------

@@ -43,7 +43,10 @@ def create_celery(settings: Settings) -> Celery:
         task_default_queue=settings.celery_queue,
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,
-        worker_cancel_long_running_tasks_on_connection_loss=True,
+        # Off: the threads pool cannot cancel a running task (Celery 5.6 ends the worker with
+        # NotImplementedError from kill_job when it tries on a broker outage). A task that was
+        # running goes on; its unacknowledged message and worker/lease.py cover it.
+        worker_cancel_long_running_tasks_on_connection_loss=False,
         broker_transport_options={
             # A task taken by a worker that dies is handed out again after this long.
             # Every countdown stays below half of it (Settings.max_countdown), or Redis would
@@ -78,11 +81,12 @@ def create_celery(settings: Settings) -> Celery:
     from worker.realtime import realtime_disabled_reason
 
     schedule: dict[str, Any] = {
-        # Re-queue events whose task was lost (see worker/tasks.py requeue_stuck_events).
+        # Re-queue events whose task was lost. Each worker sweeps too (worker/lease.py);
+        # this copy is a second opinion, not what the recovery bounds rest on.
         "requeue-stuck-events": {
             "task": "visitor_enrich.requeue_stuck_events",
-            "schedule": min(60.0, settings.stuck_event_seconds / 2),
-            "options": {"expires": min(60.0, settings.stuck_event_seconds / 2)},
+            "schedule": 30.0,
+            "options": {"expires": 30.0},
         }
     }
     # Personal data past its retention (worker/privacy.py): often enough that nothing stays

@@ -46,8 +46,11 @@ _random = random.Random()
 # Version 4 (bits 76-79 = 0100) and the RFC 4122 variant (bits 62-63 = 10).
 _UUID4_CLEAR = ~((0xF << 76) | (0x3 << 62))
 _UUID4_SET = (0x4 << 76) | (0x2 << 62)
-# worker/tasks.py registers enrich_event under this name.
+# worker/tasks.py registers enrich_event and deliver_to_sink under these names.
 ENRICH_EVENT_TASK = "visitor_enrich.enrich_event"
+DELIVER_TO_SINK_TASK = "visitor_enrich.deliver_to_sink"
+# Tasks whose first argument is the id of the event they work on.
+EVENT_TASKS = frozenset({ENRICH_EVENT_TASK, DELIVER_TO_SINK_TASK})
 # Celery's "origin" header: which process sent the task (Celery writes "gen<pid>@<host>").
 _ORIGIN = f"gen{os.getpid()}@{socket.gethostname()}"
 # No chain, chord or callbacks: the third element of a protocol-2 body.
@@ -187,6 +190,20 @@ def task_message(task_name: str, args: Sequence[str], queue: str) -> str:
         task_id,
         _random_uuid(),
     )
+
+
+def queued_event_id(raw: bytes | str) -> str | None:
+    """The event a task message in the Redis queue is for (``EVENT_TASKS`` only), or None:
+    kombu's envelope, whose body is the base64 of the protocol-2 ``[args, kwargs, embed]``."""
+    try:
+        message = orjson.loads(raw)
+        if message["headers"]["task"] not in EVENT_TASKS:
+            return None
+        args = orjson.loads(base64.b64decode(message["body"]))[0]
+    except (ValueError, KeyError, TypeError, IndexError):
+        # orjson's and base64's errors are ValueErrors; anything else is not our message.
+        return None
+    return args[0] if args and isinstance(args[0], str) else None
 
 
 @dataclass

@@ -7,6 +7,9 @@ Keys (all under ``REDIS_KEY_PREFIX``):
     event:{id}:sinks    hash: sink name -> JSON SinkRecord
     event:{id}:steps    list of JSON steps after "accepted", oldest first (capped)
     lock:{id}:{sink}    short lock held while one worker delivers to one sink
+    inflight            sorted set: events not final, scored by the last time something
+                        vouched for them (progress, a live worker holding them, a retry due)
+    sweep               short lock: one worker at a time re-queues abandoned events
     dead                hash: dead-letter id -> JSON DeadLetter
     inflight            zset: events not final, scored by their last progress
     journeys            zset: events still holding personal data, scored by acceptance time
@@ -27,6 +30,7 @@ import copy
 import hashlib
 import json
 import secrets
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -166,6 +170,12 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
+# Extend a lock this process still holds. KEYS: the lock. ARGV: token, ttl (ms).
+_RENEW_LOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+
 
 @dataclass(frozen=True)
 class EventSnapshot:
@@ -206,6 +216,10 @@ class EventStore:
         self._claim = client.register_script(_CLAIM_SINK)
         # Set on the copies that ``batch`` hands out: their writes go into this pipeline.
         self._batch: Any = None
+        # The sink locks this process holds (key -> token), renewed while it lives
+        # (``renew_sink_locks``); shared with the ``batch`` copies.
+        self._held_locks: dict[str, str] = {}
+        self._held_guard = threading.Lock()
 
     # Round trips ---------------------------------------------------------------------------
 
@@ -539,10 +553,31 @@ class EventStore:
             pipe.rpush(key, orjson.dumps(entry))
             pipe.ltrim(key, -MAX_STEPS, -1)
             pipe.expire(key, self.retention)
-            pipe.zadd(self._inflight_key, {event_id: time.time()}, xx=True)
+            # GT: progress never moves back a retry that is due later (``expect_progress``).
+            pipe.zadd(self._inflight_key, {event_id: time.time()}, xx=True, gt=True)
+
+    def touch_inflight(self, event_ids: Sequence[str]) -> None:
+        """Vouch for events a live worker holds: they are not abandoned, however long their
+        task takes."""
+        if event_ids:
+            now = time.time()
+            with self._commands() as pipe:
+                pipe.zadd(self._inflight_key, dict.fromkeys(event_ids, now), xx=True, gt=True)
+
+    def expect_progress(self, event_id: str, within: float) -> None:
+        """The event has a task due in ``within`` seconds (a retry's countdown): it is not
+        abandoned before then, though no worker may hold it meanwhile."""
+        with self._commands() as pipe:
+            pipe.zadd(self._inflight_key, {event_id: time.time() + within}, xx=True, gt=True)
+
+    def take_sweep_turn(self, seconds: float) -> bool:
+        """True for one caller per ``seconds`` across all processes: whose turn it is to
+        re-queue abandoned events."""
+        key = f"{self.prefix}sweep"
+        return bool(self.redis.set(key, secrets.token_hex(4), nx=True, px=int(seconds * 1000)))
 
     def stuck_events(self, idle_seconds: float, limit: int = 200) -> list[str]:
-        """Events not final that have made no progress for ``idle_seconds``."""
+        """Events not final that nothing vouched for in ``idle_seconds`` (see ``inflight``)."""
         ids = self.redis.zrangebyscore(
             self._inflight_key, "-inf", time.time() - idle_seconds, start=0, num=limit
         )
@@ -602,8 +637,8 @@ class EventStore:
     def claim_sink(self, event_id: str, sink: str, ttl_seconds: float) -> SinkClaim | None:
         """Take the (event, sink) delivery lock; None when another worker holds it.
 
-        The lock outlives no task: it expires after ``ttl_seconds`` even if never released,
-        so a worker killed mid-call blocks its successor only that long."""
+        The lock expires after ``ttl_seconds`` unless renewed (``renew_sink_locks``, while
+        this process lives), so a worker killed mid-call blocks its successor only that long."""
         key = f"{self.prefix}lock:{event_id}:{sink}"
         token = secrets.token_hex(8)
         raw = self._claim(
@@ -611,11 +646,25 @@ class EventStore:
         )
         if raw is None:
             return None
+        with self._held_guard:
+            self._held_locks[key] = token
         record = SinkRecord.model_validate_json(raw) if raw else None
         return SinkClaim(key=key, token=token, record=record)
 
+    def renew_sink_locks(self, ttl_seconds: float) -> None:
+        """Extend every sink lock this process holds by ``ttl_seconds``: a lock lives as long
+        as its holder, and ``ttl_seconds`` after the holder dies."""
+        with self._held_guard:
+            held = list(self._held_locks.items())
+        if held:
+            with self._commands() as pipe:
+                for key, token in held:
+                    pipe.eval(_RENEW_LOCK, 1, key, token, int(ttl_seconds * 1000))
+
     def release_sink(self, claim: SinkClaim) -> None:
         """Give the lock up, unless it expired and another worker holds it now."""
+        with self._held_guard:
+            self._held_locks.pop(claim.key, None)
         with self._commands() as pipe:
             # EVAL, not a registered script: in a pipeline those cost a SCRIPT EXISTS first.
             pipe.eval(_RELEASE_LOCK, 1, claim.key, claim.token)

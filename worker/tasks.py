@@ -22,21 +22,25 @@ from celery import Task
 from worker.app import app
 from worker.errors import EnrichmentError, Throttled, UpstreamError, VisitorNotFound
 from worker.events import Event, is_uuid
-from worker.intake import ENRICH_EVENT_TASK
+from worker.intake import DELIVER_TO_SINK_TASK, ENRICH_EVENT_TASK
 from worker.integrations import integration
 from worker.journey import JourneyContext
+from worker.lease import requeue_abandoned
 from worker.retry import retry_countdown
 from worker.runtime import Runtime, get_runtime
 from worker.score import ScoreWeights, estimate_score
 from worker.sink import Sink
-from worker.store import FINAL_EVENT_STATES, EventStore, SinkRecord
+from worker.store import EventStore, SinkRecord
 
 log = logging.getLogger(__name__)
 
 
-def _reschedule(task: Task, countdown: float) -> Exception:
+def _reschedule(task: Task, event_id: str, countdown: float) -> Exception:
+    countdown = max(0.05, countdown)
+    # Waiting for the countdown is progress: the event is not abandoned before it is due.
+    get_runtime().store.expect_progress(event_id, countdown)
     # Our own attempt counters decide when to give up; Celery's limit is off.
-    return task.retry(countdown=max(0.05, countdown), max_retries=None)  # type: ignore[no-any-return]
+    return task.retry(countdown=countdown, max_retries=None)  # type: ignore[no-any-return]
 
 
 # Fetching --------------------------------------------------------------------------------
@@ -151,7 +155,9 @@ def enrich_event(self: Task, event_id: str) -> None:
         try:
             context = fetch_context(rt, event)
         except Throttled as exc:
-            raise _reschedule(self, min(exc.retry_after, settings.max_countdown)) from None
+            raise _reschedule(
+                self, event_id, min(exc.retry_after, settings.max_countdown)
+            ) from None
         except UpstreamError as exc:
             if not exc.retryable:
                 _give_up_on_source(rt, event_id, "failed", str(exc))
@@ -173,7 +179,7 @@ def enrich_event(self: Task, event_id: str) -> None:
                     "error": str(exc),
                 },
             )
-            raise _reschedule(self, countdown) from None
+            raise _reschedule(self, event_id, countdown) from None
         except EnrichmentError as exc:
             _give_up_on_source(rt, event_id, "failed", str(exc))
             return
@@ -247,6 +253,7 @@ def fan_out(
             continue
         countdown = deliver(rt, event, context, name)
         if countdown is not None:
+            rt.store.expect_progress(event.id, max(0.05, countdown))
             deliver_to_sink.apply_async(
                 (event.id, name), countdown=max(0.05, countdown), queue=rt.settings.celery_queue
             )
@@ -264,9 +271,7 @@ DEFAULT_RULE = "default"
 LOCKED_RETRY_SECONDS = 2.0
 
 
-@app.task(
-    bind=True, name="visitor_enrich.deliver_to_sink", acks_late=True, reject_on_worker_lost=True
-)
+@app.task(bind=True, name=DELIVER_TO_SINK_TASK, acks_late=True, reject_on_worker_lost=True)
 def deliver_to_sink(self: Task, event_id: str, sink_name: str) -> None:
     """One sink's retry (or replay): the first attempt is made inline by ``enrich_event``."""
     rt = get_runtime()
@@ -286,16 +291,16 @@ def deliver_to_sink(self: Task, event_id: str, sink_name: str) -> None:
     if countdown is None:
         store.refresh_state(event_id)
     else:
-        raise _reschedule(self, countdown)
+        raise _reschedule(self, event_id, countdown)
 
 
 def deliver(rt: Runtime, event: Event, context: JourneyContext, sink_name: str) -> float | None:
     """Claim the (event, sink) pair, make one attempt and record what it ended with;
     returns a countdown when the pair must be tried again, else None."""
     store = rt.store
-    # The lock outlives no task: a task still running after the visibility timeout is handed
-    # to another worker anyway, and a worker killed mid-call must not block its successor long.
-    claim = store.claim_sink(event.id, sink_name, rt.settings.broker_visibility_timeout)
+    # The lock lives as long as this worker renews it (worker/lease.py): a worker killed
+    # mid-call blocks its successor for a lease at most.
+    claim = store.claim_sink(event.id, sink_name, rt.settings.worker_lease_seconds)
     if claim is None:
         # Another worker is delivering this pair right now (a duplicate delivery).
         return LOCKED_RETRY_SECONDS
@@ -429,24 +434,6 @@ def _failed(record: SinkRecord, state: Any, reason: str, extra: dict[str, Any]) 
 
 @app.task(name="visitor_enrich.requeue_stuck_events", acks_late=True, ignore_result=True)
 def requeue_stuck_events() -> int:
-    """Queue ``enrich_event`` again for events that made no progress for a while.
-
-    The Redis transport takes a message off the queue before it records it as unacknowledged;
-    a broker outage at that instant loses the task while the event stays ``queued``. Running
-    the (idempotent) task again finishes such an event: a journey already fetched is not
-    fetched again, and a delivered sink is not posted again.
-    """
-    rt = get_runtime()
-    store, settings = rt.store, rt.settings
-    count = 0
-    for event_id in store.stuck_events(settings.stuck_event_seconds):
-        state = store.get_field(event_id, "state")
-        if state is None or state in FINAL_EVENT_STATES:
-            store.drop_inflight(event_id)
-            continue
-        idle = round(settings.stuck_event_seconds)
-        store.add_step(event_id, "requeued", f"no progress for {idle}s")
-        enrich_event.apply_async((event_id,), queue=settings.celery_queue)
-        log.warning("requeued a stuck event", extra={"event_id": event_id})
-        count += 1
-    return count
+    """Beat's copy of the sweep each worker runs (worker/lease.py): queue ``enrich_event``
+    again for events that no live worker holds and that made no progress for a lease."""
+    return requeue_abandoned(get_runtime())
