@@ -1,0 +1,215 @@
+"""Redis restarted 20 times under inbound load, and nothing restarts the service's processes.
+
+The web process, two Celery workers (threads pool) and beat run against a redis-server of the
+test's own (``PrivateRedis``, AOF on; never the shared Redis), while a sender posts support
+tickets all along. Redis is shut down and started again 20 times. Asserted:
+
+- no process exits: each reconnects by itself (Celery 5.7.0's worker did not, see
+  pyproject.toml);
+- every event answered 202 is delivered within 30 s of Redis's last return, including those
+  whose task was running or being taken off the queue at a shutdown (worker/lease.py), with
+  exactly one Zendesk comment each;
+- every other answer is a 503, and that event goes through when sent again.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+import signal
+import subprocess
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+from fakes import full_profile
+from faults_support import WEBHOOK_SECRET, FaultService, FaultyUpstream, PrivateRedis
+from harness import BIN, new_prefix, new_queue, send_event, wait_for
+
+pytestmark = pytest.mark.e2e
+
+RESTARTS = 20
+UP_SECONDS = 1.5  # Redis answers this long between two shutdowns
+DOWN_SECONDS = 0.5
+DELIVERY_BOUND = 30.0  # seconds after Redis's last return
+
+_tickets = itertools.count(random.randint(10_000, 90_000) * 10)
+
+
+@dataclass
+class Sent:
+    event_id: str
+    ticket: str
+    payload: dict[str, Any]
+    code: int | str
+
+
+def _states(client: redis.Redis, prefix: str, ids: list[str]) -> dict[str, str | None]:
+    pipe = client.pipeline()
+    for event_id in ids:
+        pipe.hget(f"{prefix}event:{event_id}", "state")
+    return {
+        event_id: value.decode() if value is not None else None
+        for event_id, value in zip(ids, pipe.execute(), strict=True)
+    }
+
+
+def _wait_delivered(
+    client: redis.Redis, prefix: str, ids: list[str], deadline: float
+) -> dict[str, str | None]:
+    """The events' states once all are delivered, or as they are at ``deadline``."""
+    while True:
+        try:
+            states = _states(client, prefix, ids)
+        except redis.RedisError:
+            states = {}
+        done = bool(states) and all(s == "delivered" for s in states.values())
+        if done or time.monotonic() >= deadline:
+            return states
+        time.sleep(0.2)
+
+
+@contextmanager
+def beat(svc: FaultService, log_dir: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """Celery beat, as the Procfile runs it, with its schedule file in ``log_dir``."""
+    argv = [
+        str(BIN / "celery"), "-A", "worker.app", "beat",
+        "-s", str(log_dir / "beat-schedule"), "--loglevel", "INFO",
+    ]  # fmt: skip
+    proc = svc._spawn("beat", argv)
+    try:
+        wait_for(
+            lambda: "beat: Starting" in svc.log("beat") or proc.poll() is not None,
+            30,
+            message="celery beat to start",
+        )
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
+
+
+def test_twenty_redis_restarts_under_load_no_process_exits_nothing_lost(tmp_path: Path) -> None:
+    private = PrivateRedis(tmp_path / "redis").start()
+    client = private.client()
+    try:
+        with FaultyUpstream() as fake:
+            visitor = fake.add_visitor(full_profile())
+            env = {
+                "REDIS_URL": private.url,
+                "REDIS_KEY_PREFIX": new_prefix(),
+                "CELERY_QUEUE": new_queue(),
+                "WEBHOOK_SECRET": WEBHOOK_SECRET,
+                **fake.env(),
+                "MAX_RETRIES": "5",
+                "RETRY_BACKOFF_BASE": "0.2",
+                "RETRY_BACKOFF_MAX": "1",
+                "HTTP_CONNECT_TIMEOUT": "1",
+                "HTTP_READ_TIMEOUT": "2",
+                "DATAFAST_RATE_LIMIT": "1000",
+                "ZENDESK_RATE_LIMIT": "1000",
+                "LOG_LEVEL": "INFO",
+            }
+            log_dir = tmp_path / "logs"
+            with (
+                FaultService(env, log_dir, workers=2, redis_client=client) as svc,
+                beat(svc, log_dir) as beat_proc,
+            ):
+                sent: list[Sent] = []
+                stop = threading.Event()
+
+                def sender() -> None:
+                    with httpx.Client(base_url=svc.url, timeout=10) as http:
+                        while not stop.is_set():
+                            ticket = str(next(_tickets))
+                            fake.add_ticket(ticket)
+                            event_id = f"evt_{uuid.uuid4().hex[:16]}"
+                            payload = {
+                                "type": "support_ticket",
+                                "datafast_visitor_id": visitor,
+                                "ticket_id": ticket,
+                            }
+                            try:
+                                code: int | str = send_event(
+                                    http, payload, event_id=event_id, secret=svc.secret
+                                ).status_code
+                            except httpx.HTTPError as exc:
+                                code = type(exc).__name__
+                            sent.append(Sent(event_id, ticket, payload, code))
+                            time.sleep(0.03)
+
+                thread = threading.Thread(target=sender)
+                thread.start()
+                started = time.monotonic()
+                try:
+                    for _ in range(RESTARTS):
+                        time.sleep(UP_SECONDS)
+                        private.shutdown()
+                        time.sleep(DOWN_SECONDS)
+                        private.start()
+                    up_at = time.monotonic()
+                    time.sleep(UP_SECONDS)
+                finally:
+                    stop.set()
+                    thread.join(timeout=15)
+                restarts_took = time.monotonic() - started
+
+                accepted = [s for s in sent if s.code == 202]
+                refused = [s for s in sent if s.code != 202]
+                states = _wait_delivered(
+                    client, svc.prefix, [s.event_id for s in accepted], up_at + DELIVERY_BOUND
+                )
+                delivered_after = time.monotonic() - up_at
+                exited = {
+                    name: proc.returncode
+                    for name, proc in [
+                        ("web", svc.web),
+                        *((f"worker{i}", p) for i, p in enumerate(svc.worker_procs)),
+                        ("beat", beat_proc),
+                    ]
+                    if proc is not None and proc.poll() is not None
+                }
+                resent = [
+                    svc.send_event(s.payload, event_id=s.event_id).status_code for s in refused
+                ]
+                resent_states = _wait_delivered(
+                    client, svc.prefix, [s.event_id for s in refused], time.monotonic() + 60
+                )
+                worker_logs = [svc.log(f"worker{i}") for i in range(2)]
+                logs = svc.logs() + "\n===== beat =====\n" + svc.log("beat")
+            comments = {s.event_id: len(fake.zendesk_comments(s.ticket)) for s in sent}
+    finally:
+        client.close()
+        private.stop()
+
+    codes = Counter(s.code for s in sent)
+    print(
+        f"\n{RESTARTS} restarts in {restarts_took:.0f}s; answers {dict(codes)}; "
+        f"all accepted delivered {delivered_after:.1f}s after Redis's last return"
+    )
+    assert exited == {}, f"processes exited: {exited}\n{logs[-8000:]}"
+    assert set(codes) <= {202, 503}, codes
+    assert codes[503] > 0, "no restart was hit"
+    assert len(accepted) > 100
+    stuck = {e: s for e, s in states.items() if s != "delivered"}
+    assert stuck == {}, f"not delivered within {DELIVERY_BOUND:g}s: {stuck}\n{logs[-8000:]}"
+    assert set(resent) <= {202}, Counter(resent)
+    assert set(resent_states.values()) <= {"delivered"}, resent_states
+    wrong = {e: n for e, n in comments.items() if n != 1}
+    assert wrong == {}, f"comments per event (should be 1): {wrong}"
+    for log in worker_logs:
+        assert log.count("Connected to redis://") >= 2, log[-4000:]
