@@ -247,3 +247,50 @@ def celery_worker_argv(
     if concurrency:
         argv += ["--concurrency", str(concurrency)]
     return [*argv, "--loglevel", "WARNING", "--without-mingle", "--without-gossip"]
+
+
+class PrivateRedis:
+    """A redis-server of the bench's own on a free port (AOF in ``data_dir``), which the
+    recovery scenario shuts down and starts again: never the Redis other runs share."""
+
+    def __init__(self, procs: Procs, data_dir: Path) -> None:
+        self.procs = procs
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.proc: Proc | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5)
+
+    def start(self, timeout: float = 15.0) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        argv = [
+            "redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+            "--dir", str(self.data_dir), "--appendonly", "yes", "--save", "",
+        ]  # fmt: skip
+        self.proc = self.procs.start(f"redis-{self.port}", argv)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.proc.alive():
+                raise RuntimeError(f"redis-server exited:\n{self.proc.tail()}")
+            with contextlib.suppress(redis.RedisError):
+                client = redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=0.5)
+                try:
+                    if client.ping():
+                        return
+                finally:
+                    client.close()
+            time.sleep(0.05)
+        raise RuntimeError(f"redis-server on port {self.port} did not answer")
+
+    def shutdown(self) -> None:
+        """``redis-cli shutdown`` (the AOF is flushed), and wait for the process to end."""
+        subprocess.run(
+            ["redis-cli", "-p", str(self.port), "shutdown"], capture_output=True, timeout=10
+        )
+        if self.proc is not None:
+            self.procs.stop(self.proc, timeout=10)

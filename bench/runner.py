@@ -72,6 +72,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--ingest-seconds", type=float, help="seconds per ingest level")
     parser.add_argument("--web-workers", type=int, help="uvicorn processes for ingest (1)")
     parser.add_argument("--queue-events", type=int, help="events for queue overhead (200)")
+    parser.add_argument("--recovery-runs", type=int, help="runs of each recovery case (10)")
     parser.add_argument("--output", type=Path, default=RESULTS / "latest.json")
     return parser.parse_args(argv)
 
@@ -86,6 +87,8 @@ def build_options(args: argparse.Namespace) -> Options:
             ingest_levels=(1, 8),
             ingest_seconds=0.5,
             queue_events=15,
+            recovery_runs=1,
+            recovery_lease=2.0,
         )
     else:
         opts = Options()
@@ -102,6 +105,7 @@ def build_options(args: argparse.Namespace) -> Options:
         "ingest_seconds": args.ingest_seconds,
         "web_workers": args.web_workers,
         "queue_events": args.queue_events,
+        "recovery_runs": args.recovery_runs,
     }
     if args.no_quota_headroom:
         opts.quota_headroom = False

@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -45,6 +47,9 @@ class Options:
     web_workers: int = 1
     queue_events: int = 200
     queue_rate: float = 20.0
+    recovery_runs: int = 10
+    # WORKER_LEASE_SECONDS for the recovery scenario; None: the service's default.
+    recovery_lease: float | None = None
 
 
 @dataclass
@@ -809,10 +814,199 @@ def memory(ctx: Context) -> ScenarioResult:
     return result
 
 
+# 6. Recovery ------------------------------------------------------------------------------
+
+# The sink holds each post this long in the kill runs: the posts are in flight when the
+# worker that sent them is killed.
+KILL_HOLD_SECONDS = 10.0
+KILL_EVENTS = 6
+OUTAGE_RATE = 20.0  # events/s sent through each outage
+OUTAGE_DOWN_SECONDS = 2.0
+
+
+def _worker(sc: Scenario, env: dict[str, str], label: str, concurrency: int = 8) -> Proc:
+    """One worker (threads pool) logging at INFO, started and ready."""
+    argv = procs.celery_worker_argv("worker.app", sc.iso.queue, sc.iso.node(label), concurrency)
+    argv[argv.index("--loglevel") + 1] = "INFO"
+    proc = sc.start(label, argv, env)
+    if not wait_until(lambda: " ready." in proc.log.read_text(errors="replace"), 60, [proc]):
+        raise RuntimeError(f"{label} was not ready within 60 s")
+    return proc
+
+
+def _all_delivered(client: redis.Redis, prefix: str, ids: list[str], timeout: float) -> float:
+    """Seconds until every event is delivered (from now), or inf after ``timeout``."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        try:
+            if event_states(client, prefix, ids) == {"delivered": len(ids)}:
+                return time.monotonic() - started
+        except redis.RedisError:
+            pass
+        time.sleep(0.1)
+    return math.inf
+
+
+def _kill_runs(ctx: Context, sc: Scenario, env: dict[str, str], client: redis.Redis) -> list[float]:
+    """Each run: one worker takes KILL_EVENTS events and posts them (the sink holds the
+    posts); a second worker starts; the first is killed with SIGKILL. Seconds from the kill
+    to every event delivered."""
+    web, port = start_web(sc, env)
+    holder = _worker(sc, env, "kill-w0")
+    times = []
+    for run in range(ctx.options.recovery_runs):
+        fake_config(ctx, zendesk={"latency": KILL_HOLD_SECONDS})
+        out = run_loadgen(
+            ctx,
+            port=port,
+            mode="closed",
+            concurrency=KILL_EVENTS,
+            count=KILL_EVENTS,
+            id_prefix=f"rk{run}-{ctx.run_id}-",
+            ticket_start=700_000_000 + run * 1000,
+        )
+        ids = [event_id for event_id, _, _ in out["accepted"]]
+        posted = len(ids)
+
+        def held(posted: int = posted) -> bool:
+            return fake_counts(ctx)["zendesk"]["keys"] >= posted
+
+        if not wait_until(held, 30, [holder]):
+            raise RuntimeError("the posts did not reach the sink within 30 s")
+        survivor = _worker(sc, env, f"kill-w{run + 1}")
+        os.kill(holder.pid, signal.SIGKILL)
+        killed_at = time.monotonic()
+        fake_config(ctx)  # the sink answers at once again (the held answers never arrive)
+        sc.stop(holder)
+        _all_delivered(client, sc.iso.prefix, ids, 120)
+        times.append(time.monotonic() - killed_at)
+        holder = survivor
+    sc.stop(web)
+    return times
+
+
+def _outage_runs(
+    ctx: Context, sc: Scenario, env: dict[str, str], private: procs.PrivateRedis
+) -> tuple[list[float], dict[str, int]]:
+    """Each run: events sent at OUTAGE_RATE/s while Redis is shut down for
+    OUTAGE_DOWN_SECONDS and started again. Seconds from Redis answering again to every
+    accepted (202) event delivered, and the answers seen."""
+    fake_config(ctx, datafast={"latency": 0.05}, zendesk={"latency": 0.2})
+    _, port = start_web(sc, env)
+    workers = [_worker(sc, env, f"outage-w{i}") for i in range(2)]
+    times, statuses = [], {}
+    for run in range(ctx.options.recovery_runs):
+        seconds = 1.5 + OUTAGE_DOWN_SECONDS + 1.5
+        job: dict[str, Any] = {}
+
+        def send(job: dict[str, Any] = job, run: int = run, seconds: float = seconds) -> None:
+            job["out"] = run_loadgen(
+                ctx,
+                port=port,
+                mode="paced",
+                count=int(OUTAGE_RATE * seconds),
+                rate=OUTAGE_RATE,
+                concurrency=4,
+                timeout=seconds + 30,
+                id_prefix=f"ro{run}-{ctx.run_id}-",
+                ticket_start=800_000_000 + run * 1000,
+            )
+
+        sender = threading.Thread(target=send)
+        sender.start()
+        time.sleep(1.5)
+        private.shutdown()
+        time.sleep(OUTAGE_DOWN_SECONDS)
+        private.start()
+        up_at = time.monotonic()
+        sender.join()
+        for code, n in job["out"]["statuses"].items():
+            statuses[code] = statuses.get(code, 0) + n
+        ids = [event_id for event_id, _, _ in job["out"]["accepted"]]
+        client = private.client()
+        try:
+            _all_delivered(client, sc.iso.prefix, ids, 120)
+        finally:
+            client.close()
+        times.append(time.monotonic() - up_at)
+        for proc in workers:
+            if not proc.alive():
+                raise RuntimeError(f"{proc.name} exited on the outage:\n{proc.tail(40)}")
+    return times, statuses
+
+
+def recovery(ctx: Context) -> ScenarioResult:
+    """kill -9 of a worker with posts in flight, and Redis restarted under inbound load, on
+    a redis-server of the bench's own: seconds until every event is delivered, worst case."""
+    opts = ctx.options
+    result = ScenarioResult("recovery")
+    private = procs.PrivateRedis(ctx.procs, ctx.work_dir / f"redis-{ctx.run_id}")
+    private.start()
+    try:
+        with Scenario(ctx, "recovery") as sc:
+            overrides: dict[str, Any] = {"REDIS_URL": private.url, "LOG_LEVEL": "INFO"}
+            if opts.recovery_lease is not None:
+                overrides["WORKER_LEASE_SECONDS"] = opts.recovery_lease
+            env = sc.env(**overrides)
+            client = private.client()
+            try:
+                kills = _kill_runs(ctx, sc, env, client)
+            finally:
+                client.close()
+            for proc in list(sc.started):
+                sc.stop(proc)
+            outages, statuses = _outage_runs(ctx, sc, env, private)
+    finally:
+        if private.proc is not None:
+            ctx.procs.stop(private.proc)
+    kill_worst, outage_worst = max(kills), max(outages)
+    result.figures = {
+        "kill_worst_s": kill_worst,
+        "kill_median_s": percentile(kills, 50),
+        "outage_worst_s": outage_worst,
+        "outage_median_s": percentile(outages, 50),
+        "runs": opts.recovery_runs,
+    }
+    result.details = {
+        "kill_runs_s": kills,
+        "outage_runs_s": outages,
+        "outage_answers": statuses,
+        "kill_events_per_run": KILL_EVENTS,
+        "outage_down_seconds": OUTAGE_DOWN_SECONDS,
+        "lease_seconds": opts.recovery_lease,
+    }
+    kill_held, outage_held = kill_worst <= 20, outage_worst <= 30
+    result.targets["kill -9 -> all delivered <= 20 s (worst)"] = kill_held
+    result.targets["Redis back -> all accepted delivered <= 30 s (worst)"] = outage_held
+    runs = opts.recovery_runs
+    result.rows += [
+        Row(
+            "recovery",
+            f"kill -9 -> {KILL_EVENTS} in-flight events delivered, s (worst of {runs})",
+            fmt(kill_worst),
+            f"median {fmt(percentile(kills, 50))}",
+            "",
+            "<= 20 s",
+            kill_held,
+        ),
+        Row(
+            "recovery",
+            f"Redis back -> every 202 delivered, s (worst of {runs})",
+            fmt(outage_worst),
+            f"median {fmt(percentile(outages, 50))}; answers {statuses}",
+            "",
+            "<= 30 s",
+            outage_held,
+        ),
+    ]
+    return result
+
+
 SCENARIOS: dict[str, Callable[[Context], ScenarioResult]] = {
     "ingest": ingest,
     "queue": queue_overhead,
     "quota": quota,
     "naive": naive,
     "memory": memory,
+    "recovery": recovery,
 }
