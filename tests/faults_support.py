@@ -19,7 +19,6 @@ Everything here extends tests/fakes.py and tests/harness.py without changing the
 from __future__ import annotations
 
 import base64
-import json
 import os
 import shutil
 import signal
@@ -28,15 +27,16 @@ import subprocess
 import threading
 import time
 import uuid
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import redis
 from fakes import FakeUpstream, Recorded, Rule
-from harness import BIN, ROOT, Service, free_port, wait_for
+from harness import BIN, ROOT, Service, free_port, send_event, wait_for
 from werkzeug.wrappers import Request, Response
 
 # Distinctive secrets: any of these (or a recognisable part) in a log is a leak.
@@ -361,21 +361,110 @@ def pid_of_connection(local_port: int, peer_port: int, pids: Sequence[int]) -> i
     return None
 
 
-def broker_holds(client: redis.Redis, queue: str, event_id: str) -> bool:
-    """Whether a task message naming ``event_id`` is waiting in ``queue`` or held unacked."""
-    needle = event_id.encode()
-    raws = [*client.lrange(queue, 0, -1), *client.hvals("unacked")]
-    for raw in raws:
+# Inbound load ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Sent:
+    """One event the load sent: its answer (a status, or the client error's name)."""
+
+    event_id: str
+    ticket: str
+    payload: dict[str, Any]
+    at: float  # time.monotonic() when it was sent
+    code: int | str
+
+
+class TicketSender:
+    """A thread that posts support-ticket events, each for a new ticket of ``fake``, every
+    ``pause`` seconds from ``start()`` to ``stop()``; ``sent`` holds what it sent."""
+
+    def __init__(
+        self, svc: Service, fake: FakeUpstream, visitor: str, ticket: Any, pause: float = 0.05
+    ) -> None:
+        self.svc, self.fake, self.visitor, self.pause = svc, fake, visitor, pause
+        self.new_ticket = ticket  # () -> a ticket id the fake knows
+        self.sent: list[Sent] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run)
+
+    def start(self) -> TicketSender:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=15)
+
+    @property
+    def accepted(self) -> list[Sent]:
+        return [s for s in self.sent if s.code == 202]
+
+    @property
+    def refused(self) -> list[Sent]:
+        return [s for s in self.sent if s.code != 202]
+
+    def _run(self) -> None:
+        with httpx.Client(base_url=self.svc.url, timeout=10) as http:
+            while not self._stop.is_set():
+                event_id, ticket = f"evt_{uuid.uuid4().hex[:16]}", self.new_ticket()
+                payload = {
+                    "type": "support_ticket",
+                    "datafast_visitor_id": self.visitor,
+                    "ticket_id": ticket,
+                }
+                at = time.monotonic()
+                try:
+                    code: int | str = send_event(
+                        http, payload, event_id=event_id, secret=self.svc.secret
+                    ).status_code
+                except httpx.HTTPError as exc:
+                    code = type(exc).__name__
+                self.sent.append(Sent(event_id, ticket, payload, at, code))
+                time.sleep(self.pause)
+
+
+# Event states ---------------------------------------------------------------------------------
+
+
+def event_states(client: redis.Redis, prefix: str, ids: list[str]) -> dict[str, str | None]:
+    pipe = client.pipeline()
+    for event_id in ids:
+        pipe.hget(f"{prefix}event:{event_id}", "state")
+    return {
+        event_id: value.decode() if value is not None else None
+        for event_id, value in zip(ids, pipe.execute(), strict=True)
+    }
+
+
+def wait_states(
+    client: redis.Redis,
+    prefix: str,
+    ids: list[str],
+    wanted: set[str],
+    timeout: float,
+    *,
+    check: bool = True,
+) -> dict[str, str | None]:
+    """Wait until every event is in ``wanted``; fail after ``timeout`` (or, with
+    ``check=False``, return the states as they are then)."""
+    deadline = time.monotonic() + timeout
+    while True:
         try:
-            message = json.loads(raw)
-            if isinstance(message, list):  # unacked entries are [message, exchange, key]
-                message = message[0]
-            body = base64.b64decode(message["body"])
-        except (ValueError, KeyError, TypeError, IndexError):
-            continue
-        if needle in body:
-            return True
-    return False
+            states = event_states(client, prefix, ids)
+        except redis.RedisError:
+            states = {}
+        if states and all(state in wanted for state in states.values()):
+            return states
+        if time.monotonic() > deadline:
+            if not check:
+                return states
+            stuck = sorted(e for e, state in states.items() if state not in wanted)[:10]
+            raise AssertionError(
+                f"after {timeout}s, states are {Counter(states.values())}, wanted {wanted}; "
+                f"e.g. {stuck}"
+            )
+        time.sleep(0.2)
 
 
 def run_cli(

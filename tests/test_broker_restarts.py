@@ -18,22 +18,23 @@ import itertools
 import random
 import signal
 import subprocess
-import threading
 import time
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import httpx
 import pytest
-import redis
 from fakes import full_profile
-from faults_support import WEBHOOK_SECRET, FaultService, FaultyUpstream, PrivateRedis
-from harness import BIN, new_prefix, new_queue, send_event, wait_for
+from faults_support import (
+    WEBHOOK_SECRET,
+    FaultService,
+    FaultyUpstream,
+    PrivateRedis,
+    TicketSender,
+    wait_states,
+)
+from harness import BIN, new_prefix, new_queue, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -43,39 +44,6 @@ DOWN_SECONDS = 0.5
 DELIVERY_BOUND = 30.0  # seconds after Redis's last return
 
 _tickets = itertools.count(random.randint(10_000, 90_000) * 10)
-
-
-@dataclass
-class Sent:
-    event_id: str
-    ticket: str
-    payload: dict[str, Any]
-    code: int | str
-
-
-def _states(client: redis.Redis, prefix: str, ids: list[str]) -> dict[str, str | None]:
-    pipe = client.pipeline()
-    for event_id in ids:
-        pipe.hget(f"{prefix}event:{event_id}", "state")
-    return {
-        event_id: value.decode() if value is not None else None
-        for event_id, value in zip(ids, pipe.execute(), strict=True)
-    }
-
-
-def _wait_delivered(
-    client: redis.Redis, prefix: str, ids: list[str], deadline: float
-) -> dict[str, str | None]:
-    """The events' states once all are delivered, or as they are at ``deadline``."""
-    while True:
-        try:
-            states = _states(client, prefix, ids)
-        except redis.RedisError:
-            states = {}
-        done = bool(states) and all(s == "delivered" for s in states.values())
-        if done or time.monotonic() >= deadline:
-            return states
-        time.sleep(0.2)
 
 
 @contextmanager
@@ -109,6 +77,12 @@ def test_twenty_redis_restarts_under_load_no_process_exits_nothing_lost(tmp_path
     try:
         with FaultyUpstream() as fake:
             visitor = fake.add_visitor(full_profile())
+
+            def new_ticket() -> str:
+                ticket = str(next(_tickets))
+                fake.add_ticket(ticket)
+                return ticket
+
             env = {
                 "REDIS_URL": private.url,
                 "REDIS_KEY_PREFIX": new_prefix(),
@@ -129,31 +103,7 @@ def test_twenty_redis_restarts_under_load_no_process_exits_nothing_lost(tmp_path
                 FaultService(env, log_dir, workers=2, redis_client=client) as svc,
                 beat(svc, log_dir) as beat_proc,
             ):
-                sent: list[Sent] = []
-                stop = threading.Event()
-
-                def sender() -> None:
-                    with httpx.Client(base_url=svc.url, timeout=10) as http:
-                        while not stop.is_set():
-                            ticket = str(next(_tickets))
-                            fake.add_ticket(ticket)
-                            event_id = f"evt_{uuid.uuid4().hex[:16]}"
-                            payload = {
-                                "type": "support_ticket",
-                                "datafast_visitor_id": visitor,
-                                "ticket_id": ticket,
-                            }
-                            try:
-                                code: int | str = send_event(
-                                    http, payload, event_id=event_id, secret=svc.secret
-                                ).status_code
-                            except httpx.HTTPError as exc:
-                                code = type(exc).__name__
-                            sent.append(Sent(event_id, ticket, payload, code))
-                            time.sleep(0.03)
-
-                thread = threading.Thread(target=sender)
-                thread.start()
+                load = TicketSender(svc, fake, visitor, new_ticket, pause=0.03).start()
                 started = time.monotonic()
                 try:
                     for _ in range(RESTARTS):
@@ -164,14 +114,18 @@ def test_twenty_redis_restarts_under_load_no_process_exits_nothing_lost(tmp_path
                     up_at = time.monotonic()
                     time.sleep(UP_SECONDS)
                 finally:
-                    stop.set()
-                    thread.join(timeout=15)
+                    load.stop()
+                sent = load.sent
                 restarts_took = time.monotonic() - started
 
-                accepted = [s for s in sent if s.code == 202]
-                refused = [s for s in sent if s.code != 202]
-                states = _wait_delivered(
-                    client, svc.prefix, [s.event_id for s in accepted], up_at + DELIVERY_BOUND
+                accepted, refused = load.accepted, load.refused
+                states = wait_states(
+                    client,
+                    svc.prefix,
+                    [s.event_id for s in accepted],
+                    {"delivered"},
+                    max(0.0, up_at + DELIVERY_BOUND - time.monotonic()),
+                    check=False,
                 )
                 delivered_after = time.monotonic() - up_at
                 exited = {
@@ -186,8 +140,8 @@ def test_twenty_redis_restarts_under_load_no_process_exits_nothing_lost(tmp_path
                 resent = [
                     svc.send_event(s.payload, event_id=s.event_id).status_code for s in refused
                 ]
-                resent_states = _wait_delivered(
-                    client, svc.prefix, [s.event_id for s in refused], time.monotonic() + 60
+                resent_states = wait_states(
+                    client, svc.prefix, [s.event_id for s in refused], {"delivered"}, 60
                 )
                 worker_logs = [svc.log(f"worker{i}") for i in range(2)]
                 logs = svc.logs() + "\n===== beat =====\n" + svc.log("beat")

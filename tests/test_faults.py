@@ -53,10 +53,13 @@ from faults_support import (
     FaultService,
     FaultyUpstream,
     PrivateRedis,
+    TicketSender,
+    event_states,
     max_in_window,
     pid_of_connection,
     run_cli,
     secret_needles,
+    wait_states,
 )
 from harness import (
     REDIS_HOST,
@@ -153,46 +156,6 @@ def post(svc: FaultService, payload: dict[str, Any], event_id: str | None = None
     response = svc.send_event(payload, event_id=event_id)
     assert response.status_code == 202, response.text
     return event_id
-
-
-def event_states(client: redis.Redis, prefix: str, ids: list[str]) -> dict[str, str | None]:
-    pipe = client.pipeline()
-    for event_id in ids:
-        pipe.hget(f"{prefix}event:{event_id}", "state")
-    return {
-        event_id: value.decode() if value is not None else None
-        for event_id, value in zip(ids, pipe.execute(), strict=True)
-    }
-
-
-def wait_states(
-    client: redis.Redis,
-    prefix: str,
-    ids: list[str],
-    wanted: set[str],
-    timeout: float,
-    *,
-    check: bool = True,
-) -> dict[str, str | None]:
-    """Wait until every event is in ``wanted``; fail after ``timeout`` (or, with
-    ``check=False``, return the states as they are then)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            states = event_states(client, prefix, ids)
-        except redis.RedisError:
-            states = {}
-        if states and all(state in wanted for state in states.values()):
-            return states
-        if time.monotonic() > deadline:
-            if not check:
-                return states
-            stuck = sorted(e for e, state in states.items() if state not in wanted)[:10]
-            raise AssertionError(
-                f"after {timeout}s, states are {Counter(states.values())}, wanted {wanted}; "
-                f"e.g. {stuck}"
-            )
-        time.sleep(0.2)
 
 
 def private_comments(fake: FaultyUpstream, ticket: str) -> list[dict[str, Any]]:
@@ -764,15 +727,6 @@ def test_circuit_breaker_holds_calls_for_the_cooldown_without_failing_events(
 # 5. Redis outage under inbound load ----------------------------------------------------------
 
 
-@dataclass
-class Sent:
-    event_id: str
-    ticket: str
-    payload: dict[str, Any]
-    at: float
-    code: int | str
-
-
 def test_redis_outage_answers_503_and_loses_no_accepted_event(tmp_path: Path) -> None:
     private = PrivateRedis(tmp_path / "redis").start()
     client = private.client()
@@ -787,24 +741,9 @@ def test_redis_outage_answers_503_and_loses_no_accepted_event(tmp_path: Path) ->
                 ZENDESK_RATE_LIMIT="1000",
             )
             with running(env, tmp_path / "logs", 2, client) as svc:
-                sent: list[Sent] = []
+                load = TicketSender(svc, fake, visitor, lambda: new_ticket(fake))
                 ready: list[tuple[float, int | str]] = []
                 stop = threading.Event()
-
-                def sender() -> None:
-                    with httpx.Client(base_url=svc.url, timeout=10) as http:
-                        while not stop.is_set():
-                            event_id, ticket = new_event_id(), new_ticket(fake)
-                            payload = ticket_event(visitor, ticket)
-                            at = time.monotonic()
-                            try:
-                                code: int | str = send_event(
-                                    http, payload, event_id=event_id, secret=svc.secret
-                                ).status_code
-                            except httpx.HTTPError as exc:
-                                code = type(exc).__name__
-                            sent.append(Sent(event_id, ticket, payload, at, code))
-                            time.sleep(0.05)
 
                 def prober() -> None:
                     with httpx.Client(base_url=svc.url, timeout=10) as http:
@@ -816,9 +755,9 @@ def test_redis_outage_answers_503_and_loses_no_accepted_event(tmp_path: Path) ->
                                 ready.append((at, type(exc).__name__))
                             time.sleep(0.1)
 
-                threads = [threading.Thread(target=f) for f in (sender, prober)]
-                for thread in threads:
-                    thread.start()
+                probe = threading.Thread(target=prober)
+                load.start()
+                probe.start()
                 time.sleep(3.0)
                 down_at = time.monotonic()
                 private.shutdown()
@@ -829,11 +768,11 @@ def test_redis_outage_answers_503_and_loses_no_accepted_event(tmp_path: Path) ->
                 up_at = time.monotonic()  # and answers
                 time.sleep(4.0)
                 stop.set()
-                for thread in threads:
-                    thread.join(timeout=15)
+                load.stop()
+                probe.join(timeout=15)
+                sent = load.sent
 
-                accepted = [s for s in sent if s.code == 202]
-                refused = [s for s in sent if s.code != 202]
+                accepted, refused = load.accepted, load.refused
                 # Within 30 s of Redis's return, with no process restarted by anyone.
                 states = wait_states(
                     client,
