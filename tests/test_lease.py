@@ -68,6 +68,10 @@ def _accepted(rt: Runtime, idle: float = 0.0) -> Event:
     return event
 
 
+def _seen_abandoned_long_ago(rt: Runtime, *events: Event) -> None:
+    rt.store.remember_sightings({e.id: time.time() - 60 for e in events})
+
+
 def test_queued_event_id_reads_both_tasks_and_ignores_the_rest() -> None:
     assert queued_event_id(task_message(ENRICH_EVENT_TASK, ("evt_1",), "q")) == "evt_1"
     deliver = task_message(DELIVER_TO_SINK_TASK, ("evt_2", "zendesk"), "q")
@@ -85,6 +89,14 @@ def test_abandoned_event_is_queued_again_once(
     runtime: Runtime, published: list[tuple[str, tuple[Any, ...], str]]
 ) -> None:
     lost = _accepted(runtime, idle=2 * LEASE)
+    # Found abandoned once: not yet queued again (its task may have just left the queue).
+    assert lease.requeue_abandoned(runtime) == 0
+    assert published == []
+    # Found so again a renewal period and a half later: queued again.
+    gap = lease.SIGHTING_GAP * lease.renewal_interval(LEASE)
+    time.sleep(gap / 2)
+    assert lease.requeue_abandoned(runtime) == 0
+    time.sleep(gap / 2 + 0.1)
     assert lease.requeue_abandoned(runtime) == 1
     assert published == [(ENRICH_EVENT_TASK, (lost.id,), runtime.settings.celery_queue)]
     status = runtime.store.describe(lost.id)
@@ -102,6 +114,7 @@ def test_final_events_leave_the_index_and_recent_ones_stay(
     # An event with its last progress just under a lease ago is not abandoned yet.
     recent = _accepted(runtime, idle=LEASE - 1)
     runtime.store.redis.hset(f"{runtime.store.prefix}event:{done.id}", "state", "delivered")
+    _seen_abandoned_long_ago(runtime, done, fresh, recent)
     assert lease.requeue_abandoned(runtime) == 0
     assert published == []
     assert done.id not in runtime.store.stuck_events(0.0)
@@ -117,6 +130,7 @@ def test_event_whose_task_waits_in_the_queue_is_left_there(
     queue = runtime.settings.celery_queue
     runtime.redis.lpush(queue, task_message(ENRICH_EVENT_TASK, (waiting.id,), queue))
     runtime.redis.lpush(queue, task_message(DELIVER_TO_SINK_TASK, (retrying.id, "hubspot"), queue))
+    _seen_abandoned_long_ago(runtime, waiting, retrying)
     assert lease.requeue_abandoned(runtime) == 0
     assert published == []
 
@@ -140,6 +154,7 @@ def test_held_events_and_due_retries_are_not_abandoned(
     runtime.store.expect_progress(due.id, 3 * LEASE)
     # Progress on the event does not move its due retry back (the score only goes up).
     runtime.store.add_step(due.id, "sink_retry")
+    _seen_abandoned_long_ago(runtime, held, due)
     assert lease.requeue_abandoned(runtime) == 0
     score = runtime.redis.zscore(f"{runtime.store.prefix}inflight", due.id)
     assert score is not None and score > time.time() + 2 * LEASE
@@ -202,6 +217,7 @@ def test_keeper_renews_and_sweeps_and_survives_a_redis_outage(
     held = _accepted(runtime, idle=2 * LEASE)
     lost = _accepted(runtime, idle=2 * LEASE)
     holdings.hold(held.id)
+    _seen_abandoned_long_ago(runtime, held, lost)
     keeper = lease.LeaseKeeper(runtime, holdings)
     # The first tick after Redis answers again renews only; the next one may sweep.
     assert keeper.tick(sweep=False) is True
@@ -210,6 +226,7 @@ def test_keeper_renews_and_sweeps_and_survives_a_redis_outage(
     assert [args for _, args, _ in published] == [(lost.id,)]
     # Only one process sweeps per period: the turn is taken.
     lost_again = _accepted(runtime, idle=2 * LEASE)
+    _seen_abandoned_long_ago(runtime, lost_again)
     assert keeper.tick(sweep=True) is True
     assert lost_again.id not in [args[0] for _, args, _ in published]
 

@@ -31,6 +31,9 @@ def create_celery(settings: Settings) -> Celery:
         include=["worker.tasks", "worker.realtime_tasks", "worker.privacy_tasks"],
     )
     app.conf.update(
+        # kombu's Redis transport, with channels that survive their connection being
+        # collected on a broker outage (worker/broker.py).
+        broker_transport="worker.broker:Transport",
         task_serializer="json",
         accept_content=["json"],
         result_serializer="json",

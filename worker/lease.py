@@ -14,7 +14,9 @@ is never handed out again. Instead, recovery takes seconds:
 - The same thread, in one worker at a time (``EventStore.take_sweep_turn``), queues
   ``enrich_event`` again for every event not final whose score is older than a lease: no live
   worker held it, it made no progress and no retry is due (``requeue_abandoned``), unless its
-  task message is still waiting in the queue.
+  task message is still waiting in the queue. An event must be found so twice, a renewal
+  period and a half apart: a task that has just taken its message off the queue holds the
+  event before its worker's next renewal shows it.
 
 The sweep runs in every worker rather than only in beat, so the bound holds while beat is
 down; the lock keeps it to one sweep per period. The tasks are idempotent and each sink has
@@ -28,6 +30,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections import Counter
 from typing import Any
 
@@ -46,6 +49,9 @@ from worker.store import FINAL_EVENT_STATES
 
 log = logging.getLogger(__name__)
 
+# An abandoned-looking event is queued again only when found so this many renewal periods
+# after it was first found so (see the module's docstring).
+SIGHTING_GAP = 1.5
 # A longer queue is a backlog: events not yet taken may be waiting anywhere in it, and reading
 # it all every few seconds would cost more than it saves. They are judged once it is shorter.
 QUEUE_SCAN_LIMIT = 2_000
@@ -119,10 +125,12 @@ def requeue_abandoned(rt: Runtime) -> int:
     waiting = waiting_in_queue(rt.redis, settings.celery_queue)
     if waiting is None:
         return 0
+    first_seen = store.sightings([e for e in candidates if e not in waiting])
+    due_before = time.time() - SIGHTING_GAP * renewal_interval(lease)
+    later = {e: at for e, at in first_seen.items() if at > due_before}
+    store.remember_sightings(later)
     count = 0
-    for event_id in candidates:
-        if event_id in waiting:
-            continue
+    for event_id in first_seen.keys() - later.keys():
         state = store.get_field(event_id, "state")
         if state is None or state in FINAL_EVENT_STATES:
             store.drop_inflight(event_id)
@@ -136,6 +144,12 @@ def requeue_abandoned(rt: Runtime) -> int:
     return count
 
 
+def renewal_interval(lease: float) -> float:
+    """How often a worker renews what it holds: four times per lease, so that a renewal late
+    by up to three periods (a busy machine) still comes before the lease lapses."""
+    return lease / 4
+
+
 class LeaseKeeper:
     """The thread that renews this process's holdings and sink locks and takes its turn at
     the sweep, every quarter of a lease."""
@@ -144,7 +158,7 @@ class LeaseKeeper:
         self.runtime = runtime
         self.holdings = holdings
         self.lease = runtime.settings.worker_lease_seconds
-        self.interval = self.lease / 4
+        self.interval = renewal_interval(self.lease)
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="lease-keeper", daemon=True)
 

@@ -10,6 +10,7 @@ Keys (all under ``REDIS_KEY_PREFIX``):
     inflight            sorted set: events not final, scored by the last time something
                         vouched for them (progress, a live worker holding them, a retry due)
     sweep               short lock: one worker at a time re-queues abandoned events
+    abandoned           hash: event id -> when the sweep first found it abandoned
     dead                hash: dead-letter id -> JSON DeadLetter
     inflight            zset: events not final, scored by their last progress
     journeys            zset: events still holding personal data, scored by acceptance time
@@ -575,6 +576,24 @@ class EventStore:
         re-queue abandoned events."""
         key = f"{self.prefix}sweep"
         return bool(self.redis.set(key, secrets.token_hex(4), nx=True, px=int(seconds * 1000)))
+
+    def sightings(self, event_ids: Sequence[str]) -> dict[str, float]:
+        """When each of ``event_ids`` was first found abandoned (now for those not seen so
+        before); only these are remembered from now on."""
+        key = f"{self.prefix}abandoned"
+        now = time.time()
+        seen = {_text(k): float(v) for k, v in self.redis.hgetall(key).items()}
+        first = {event_id: seen.get(event_id, now) for event_id in event_ids}
+        self.remember_sightings(first)
+        return first
+
+    def remember_sightings(self, first: dict[str, float]) -> None:
+        key = f"{self.prefix}abandoned"
+        with self._commands() as pipe:
+            pipe.delete(key)
+            if first:
+                pipe.hset(key, mapping=first)
+                pipe.expire(key, 3600)
 
     def stuck_events(self, idle_seconds: float, limit: int = 200) -> list[str]:
         """Events not final that nothing vouched for in ``idle_seconds`` (see ``inflight``)."""
