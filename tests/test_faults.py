@@ -834,7 +834,7 @@ def test_redis_outage_answers_503_and_loses_no_accepted_event(tmp_path: Path) ->
     assert ready[-1][1] == 200, ready[-5:]
     # The workers reconnect by themselves.
     for log in worker_logs:
-        assert log.count("Connected to redis://") >= 2, log[-4000:]
+        assert log.count(" Connected to ") >= 2, log[-4000:]
         assert "Unrecoverable error" not in log, log[log.index("Unrecoverable error") :][:6000]
 
 
