@@ -191,7 +191,6 @@ def test_holdings_follow_the_event_tasks() -> None:
 def test_sink_locks_live_while_renewed_and_only_their_holder_renews(runtime: Runtime) -> None:
     store = runtime.store
     event = _accepted(runtime)
-    store.plan_sinks(event.id, ["zendesk", "slack"], {})
     mine = store.claim_sink(event.id, "zendesk", ttl_seconds=1)
     assert mine is not None
     store.renew_sink_locks(30)
