@@ -166,26 +166,31 @@ def test_held_events_and_due_retries_are_not_abandoned(
     assert gone.id not in runtime.store.stuck_events(-60)
 
 
-def test_holdings_follow_the_event_tasks() -> None:
-    class FakeTask:
-        def __init__(self, name: str) -> None:
-            self.name = name
+def test_held_events_are_the_event_tasks_celery_has_taken_and_not_finished() -> None:
+    from celery.worker import state
 
-    enrich, deliver, other = (
-        FakeTask(ENRICH_EVENT_TASK),
-        FakeTask(DELIVER_TO_SINK_TASK),
-        FakeTask("visitor_enrich.poll_realtime"),
-    )
+    class FakeRequest:
+        def __init__(self, name: str, args: tuple[str, ...]) -> None:
+            self.name, self.args = name, args
+
     event_id = f"evt_{uuid.uuid4().hex[:12]}"
-    before = set(lease.HOLDINGS.snapshot())
-    lease._hold(task=enrich, args=(event_id,))
-    lease._hold(task=deliver, args=[event_id, "zendesk"])
-    lease._hold(task=other, args=("evt_other",))
-    assert set(lease.HOLDINGS.snapshot()) - before == {event_id}
-    lease._release(task=enrich, args=(event_id,))
-    assert event_id in lease.HOLDINGS.snapshot()  # the sink retry still runs
-    lease._release(task=deliver, args=[event_id, "zendesk"])
-    assert set(lease.HOLDINGS.snapshot()) == before
+    waiting = FakeRequest(ENRICH_EVENT_TASK, (event_id,))  # taken, waiting for a thread
+    running = FakeRequest(DELIVER_TO_SINK_TASK, (event_id, "zendesk"))
+    other = FakeRequest("visitor_enrich.poll_realtime", ("evt_other",))
+    before = set(lease.held_events())
+    state.reserved_requests.add(waiting)
+    state.reserved_requests.add(other)
+    state.active_requests.add(running)
+    try:
+        assert set(lease.held_events()) - before == {event_id}
+        state.reserved_requests.discard(waiting)
+        assert event_id in lease.held_events()  # the sink retry still runs
+        state.active_requests.discard(running)
+        assert set(lease.held_events()) == before
+    finally:
+        for request in (waiting, other, running):
+            state.reserved_requests.discard(request)
+            state.active_requests.discard(request)
 
 
 def test_sink_locks_live_while_renewed_and_only_their_holder_renews(runtime: Runtime) -> None:
@@ -212,12 +217,10 @@ def test_sink_locks_live_while_renewed_and_only_their_holder_renews(runtime: Run
 def test_keeper_renews_and_sweeps_and_survives_a_redis_outage(
     runtime: Runtime, published: list[tuple[str, tuple[Any, ...], str]]
 ) -> None:
-    holdings = lease.Holdings()
     held = _accepted(runtime, idle=2 * LEASE)
     lost = _accepted(runtime, idle=2 * LEASE)
-    holdings.hold(held.id)
     _seen_abandoned_long_ago(runtime, held, lost)
-    keeper = lease.LeaseKeeper(runtime, holdings)
+    keeper = lease.LeaseKeeper(runtime, lambda: [held.id])
     # The first tick after Redis answers again renews only; the next one may sweep.
     assert keeper.tick(sweep=False) is True
     assert published == []
@@ -236,4 +239,4 @@ def test_keeper_renews_and_sweeps_and_survives_a_redis_outage(
         limiter=runtime.limiter,
         store=EventStore(unreachable, runtime.store.prefix, 60),
     )
-    assert lease.LeaseKeeper(down, holdings).tick(sweep=True) is False
+    assert lease.LeaseKeeper(down, lambda: [held.id]).tick(sweep=True) is False

@@ -4,7 +4,9 @@ Redis's visibility timeout hands a dead worker's task to another only after
 ``BROKER_VISIBILITY_TIMEOUT`` (60 s), and a message popped by BRPOP at the instant Redis stops
 is never handed out again. Instead, recovery takes seconds:
 
-- A worker *holds* an event while one of its tasks runs (``task_prerun`` to ``task_postrun``).
+- A worker *holds* an event from the moment it takes one of its tasks off the queue until
+  the task has ended: the task is among Celery's reserved or active requests of that worker
+  (``held_events``), whether it runs or waits for a free thread.
   A thread in each worker process (``LeaseKeeper``) renews, every quarter of
   ``WORKER_LEASE_SECONDS``, the in-flight score of the events it holds and the sink locks it
   holds (``EventStore.touch_inflight``, ``renew_sink_locks``). A killed worker renews nothing:
@@ -31,16 +33,12 @@ import logging
 import os
 import threading
 import time
-from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import redis
-from celery.signals import (
-    task_postrun,
-    task_prerun,
-    worker_process_init,
-    worker_ready,
-)
+from celery.signals import worker_process_init, worker_ready
+from celery.worker import state as worker_state
 
 from worker.app import app
 from worker.intake import ENRICH_EVENT_TASK, EVENT_TASKS, queued_event_id
@@ -57,47 +55,23 @@ SIGHTING_GAP = 1.5
 QUEUE_SCAN_LIMIT = 2_000
 
 
-class Holdings:
-    """The events this process's running tasks work on (an event may have two at once)."""
-
-    def __init__(self) -> None:
-        self._counts: Counter[str] = Counter()
-        self._guard = threading.Lock()
-
-    def hold(self, event_id: str) -> None:
-        with self._guard:
-            self._counts[event_id] += 1
-
-    def release(self, event_id: str) -> None:
-        with self._guard:
-            self._counts[event_id] -= 1
-            if self._counts[event_id] <= 0:
-                del self._counts[event_id]
-
-    def snapshot(self) -> list[str]:
-        with self._guard:
-            return list(self._counts)
+def held_events() -> list[str]:
+    """The events of the tasks this worker process has taken and not finished: Celery's own
+    bookkeeping (``celery.worker.state``), which it clears when the broker connection is lost
+    (those messages go back to Redis, and the sweep judges their events)."""
+    for _ in range(3):
+        try:
+            requests = [*worker_state.reserved_requests, *worker_state.active_requests]
+        except RuntimeError:  # the sets changed while being read by this thread: read again
+            continue
+        return sorted({e for r in requests if (e := _event_of(r.name, r.args))})
+    return []
 
 
-HOLDINGS = Holdings()
-
-
-def _event_of(task: Any, args: Any) -> str | None:
-    if getattr(task, "name", None) in EVENT_TASKS and args and isinstance(args[0], str):
+def _event_of(task_name: str | None, args: Any) -> str | None:
+    if task_name in EVENT_TASKS and args and isinstance(args[0], str):
         return str(args[0])
     return None
-
-
-@task_prerun.connect
-def _hold(task: Any = None, args: Any = None, **_: Any) -> None:
-    if event_id := _event_of(task, args):
-        HOLDINGS.hold(event_id)
-
-
-@task_postrun.connect
-def _release(task: Any = None, args: Any = None, **_: Any) -> None:
-    if event_id := _event_of(task, args):
-        HOLDINGS.release(event_id)
 
 
 # Sweeping ---------------------------------------------------------------------------------
@@ -154,9 +128,9 @@ class LeaseKeeper:
     """The thread that renews this process's holdings and sink locks and takes its turn at
     the sweep, every quarter of a lease."""
 
-    def __init__(self, runtime: Runtime, holdings: Holdings) -> None:
+    def __init__(self, runtime: Runtime, held: Callable[[], list[str]] = held_events) -> None:
         self.runtime = runtime
-        self.holdings = holdings
+        self.held = held
         self.lease = runtime.settings.worker_lease_seconds
         self.interval = renewal_interval(self.lease)
         self._stopping = threading.Event()
@@ -182,7 +156,7 @@ class LeaseKeeper:
         not answer."""
         store = self.runtime.store
         try:
-            store.touch_inflight(self.holdings.snapshot())
+            store.touch_inflight(self.held())
             store.renew_sink_locks(self.lease)
             if sweep and store.take_sweep_turn(self.interval * 0.9):
                 requeue_abandoned(self.runtime)
@@ -201,9 +175,10 @@ _keepers: dict[int, LeaseKeeper] = {}
 @worker_ready.connect
 @worker_process_init.connect
 def start_keeper(**_: Any) -> None:
-    """One keeper per worker process: the main one (threads or solo pool) and, with the
-    prefork pool, each child, where the tasks hold their events. A daemon thread: it renews
-    until the process ends, including while a warm shutdown waits for running tasks."""
+    """One keeper per worker process: the main one, which knows the requests it took, and
+    with the prefork pool each child too, which holds the sink locks its tasks claim. A
+    daemon thread: it renews until the process ends, including while a warm shutdown waits
+    for running tasks."""
     pid = os.getpid()
     if pid not in _keepers:
-        _keepers[pid] = LeaseKeeper(get_runtime(), HOLDINGS).start()
+        _keepers[pid] = LeaseKeeper(get_runtime()).start()
