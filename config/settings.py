@@ -298,6 +298,9 @@ class Settings(BaseSettings):
     # task lost with a broker outage) is queued again. The tasks are idempotent, so a second
     # run only finishes it.
     worker_lease_seconds: float = Field(default=8.0, ge=2, le=60)
+    # Beat also runs the sweep, every half of this (at most 60 s): a second opinion, should
+    # every worker's sweep thread have stopped; what it re-queues is judged by the leases.
+    stuck_event_seconds: float = Field(default=300.0, ge=30)
     # Beat (celery-redbeat): every beat process wants one Redis lock; the holder schedules and
     # renews it every fifth of this many seconds, the others wait. A standby takes over at most
     # this long (plus a fifth) after the active beat dies.

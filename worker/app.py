@@ -88,8 +88,8 @@ def create_celery(settings: Settings) -> Celery:
         # this copy is a second opinion, not what the recovery bounds rest on.
         "requeue-stuck-events": {
             "task": "visitor_enrich.requeue_stuck_events",
-            "schedule": 30.0,
-            "options": {"expires": 30.0},
+            "schedule": min(60.0, settings.stuck_event_seconds / 2),
+            "options": {"expires": min(60.0, settings.stuck_event_seconds / 2)},
         }
     }
     # Personal data past its retention (worker/privacy.py): often enough that nothing stays
