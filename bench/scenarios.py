@@ -847,11 +847,12 @@ def _all_delivered(client: redis.Redis, prefix: str, ids: list[str], timeout: fl
     return math.inf
 
 
-def _kill_runs(ctx: Context, sc: Scenario, env: dict[str, str], client: redis.Redis) -> list[float]:
+def _kill_runs(
+    ctx: Context, sc: Scenario, env: dict[str, str], client: redis.Redis, port: int
+) -> tuple[list[float], Proc]:
     """Each run: one worker takes KILL_EVENTS events and posts them (the sink holds the
     posts); a second worker starts; the first is killed with SIGKILL. Seconds from the kill
-    to every event delivered."""
-    web, port = start_web(sc, env)
+    to every event delivered; and the worker left running."""
     holder = _worker(sc, env, "kill-w0")
     times = []
     for run in range(ctx.options.recovery_runs):
@@ -881,19 +882,21 @@ def _kill_runs(ctx: Context, sc: Scenario, env: dict[str, str], client: redis.Re
         _all_delivered(client, sc.iso.prefix, ids, 120)
         times.append(time.monotonic() - killed_at)
         holder = survivor
-    sc.stop(web)
-    return times
+    return times, holder
 
 
 def _outage_runs(
-    ctx: Context, sc: Scenario, env: dict[str, str], private: procs.PrivateRedis
+    ctx: Context,
+    sc: Scenario,
+    env: dict[str, str],
+    private: procs.PrivateRedis,
+    port: int,
+    workers: list[Proc],
 ) -> tuple[list[float], dict[str, int]]:
-    """Each run: events sent at OUTAGE_RATE/s while Redis is shut down for
-    OUTAGE_DOWN_SECONDS and started again. Seconds from Redis answering again to every
-    accepted (202) event delivered, and the answers seen."""
+    """Each run: events sent at OUTAGE_RATE/s to the web app on ``port`` while Redis is
+    shut down for OUTAGE_DOWN_SECONDS and started again. Seconds from Redis answering again
+    to every accepted (202) event delivered, and the answers seen."""
     fake_config(ctx, datafast={"latency": 0.05}, zendesk={"latency": 0.2})
-    _, port = start_web(sc, env)
-    workers = [_worker(sc, env, f"outage-w{i}") for i in range(2)]
     times, statuses = [], {}
     for run in range(ctx.options.recovery_runs):
         seconds = 1.5 + OUTAGE_DOWN_SECONDS + 1.5
@@ -948,14 +951,18 @@ def recovery(ctx: Context) -> ScenarioResult:
             if opts.recovery_lease is not None:
                 overrides["WORKER_LEASE_SECONDS"] = opts.recovery_lease
             env = sc.env(**overrides)
+            _, port = start_web(sc, env)
             client = private.client()
             try:
-                kills = _kill_runs(ctx, sc, env, client)
+                kills, survivor = _kill_runs(ctx, sc, env, client, port)
             finally:
                 client.close()
-            for proc in list(sc.started):
-                sc.stop(proc)
-            outages, statuses = _outage_runs(ctx, sc, env, private)
+            # The same web process and surviving worker go on; a second worker outside
+            # --quick, which keeps the smoke run short.
+            workers = [survivor]
+            if not opts.quick:
+                workers.append(_worker(sc, env, "outage-w1"))
+            outages, statuses = _outage_runs(ctx, sc, env, private, port, workers)
     finally:
         if private.proc is not None:
             ctx.procs.stop(private.proc)

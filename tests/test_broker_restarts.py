@@ -16,12 +16,8 @@ from __future__ import annotations
 
 import itertools
 import random
-import signal
-import subprocess
 import time
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -34,7 +30,7 @@ from faults_support import (
     TicketSender,
     wait_states,
 )
-from harness import BIN, new_prefix, new_queue, wait_for
+from harness import new_prefix, new_queue, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -44,31 +40,6 @@ DOWN_SECONDS = 0.5
 DELIVERY_BOUND = 30.0  # seconds after Redis's last return
 
 _tickets = itertools.count(random.randint(10_000, 90_000) * 10)
-
-
-@contextmanager
-def beat(svc: FaultService, log_dir: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """Celery beat, as the Procfile runs it, with its schedule file in ``log_dir``."""
-    argv = [
-        str(BIN / "celery"), "-A", "worker.app", "beat",
-        "-s", str(log_dir / "beat-schedule"), "--loglevel", "INFO",
-    ]  # fmt: skip
-    proc = svc._spawn("beat", argv)
-    try:
-        wait_for(
-            lambda: "beat: Starting" in svc.log("beat") or proc.poll() is not None,
-            30,
-            message="celery beat to start",
-        )
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
 
 
 def test_twenty_redis_restarts_under_load_no_process_exits_nothing_lost(tmp_path: Path) -> None:
@@ -99,10 +70,14 @@ def test_twenty_redis_restarts_under_load_no_process_exits_nothing_lost(tmp_path
                 "LOG_LEVEL": "INFO",
             }
             log_dir = tmp_path / "logs"
-            with (
-                FaultService(env, log_dir, workers=2, redis_client=client) as svc,
-                beat(svc, log_dir) as beat_proc,
-            ):
+            with FaultService(env, log_dir, workers=2, redis_client=client) as svc:
+                # Beat as the Procfile runs it (schedule and lock in Redis, celery-redbeat).
+                beat_proc = svc.start_beat("beat")
+                wait_for(
+                    lambda: "beat: Starting" in svc.log("beat") or beat_proc.poll() is not None,
+                    30,
+                    message="celery beat to start",
+                )
                 load = TicketSender(svc, fake, visitor, new_ticket, pause=0.03).start()
                 started = time.monotonic()
                 try:
@@ -144,7 +119,7 @@ def test_twenty_redis_restarts_under_load_no_process_exits_nothing_lost(tmp_path
                     client, svc.prefix, [s.event_id for s in refused], {"delivered"}, 60
                 )
                 worker_logs = [svc.log(f"worker{i}") for i in range(2)]
-                logs = svc.logs() + "\n===== beat =====\n" + svc.log("beat")
+                logs = svc.logs()
             comments = {s.event_id: len(fake.zendesk_comments(s.ticket)) for s in sent}
     finally:
         client.close()
