@@ -12,7 +12,6 @@ Keys (all under ``REDIS_KEY_PREFIX``):
     sweep               short lock: one worker at a time re-queues abandoned events
     abandoned           hash: event id -> when the sweep first found it abandoned
     dead                hash: dead-letter id -> JSON DeadLetter
-    inflight            zset: events not final, scored by their last progress
     journeys            zset: events still holding personal data, scored by acceptance time
     subject:{hash}      set: ids of the events of one visitor id or email (the hash of it,
                         see ``subject_key``; the index holds no personal data)
