@@ -196,8 +196,10 @@ class Settings(BaseSettings):
     helpscout_visitor_field: str = "datafast_visitor_id"
     # Help Scout: the limit depends on the plan (writes count twice); 200/min is the lowest.
     helpscout_rate_limit: RateSetting = Rate(200, 60)
+    # https://<your-domain>.freshdesk.com: each account has its own, so there is no default.
     freshdesk_base_url: OptionalUrl = None
     freshdesk_api_key: OptionalSecret = None
+    # Freshdesk signs nothing: the automation rule sends this in X-Visitor-Enrich-Token.
     freshdesk_webhook_token: OptionalSecret = None
     freshdesk_visitor_field: str = "cf_datafast_visitor_id"
     # Freshdesk: 200/min on the Growth plan (trials 50/min: lower it there).
@@ -206,14 +208,27 @@ class Settings(BaseSettings):
     crisp_website_id: OptionalStr = None
     crisp_identifier: OptionalStr = None
     crisp_key: OptionalSecret = None
+    # The website hook's ?key= value and/or the plugin's hook signing secret.
     crisp_webhook_key: OptionalSecret = None
     crisp_visitor_field: str = "datafast_visitor_id"
+    # The tier of the CRISP_IDENTIFIER/CRISP_KEY token (X-Crisp-Tier): plugin or website.
+    crisp_token_tier: Literal["plugin", "website"] = "plugin"
+    # Seconds a signed plugin hook's X-Crisp-Request-Timestamp may be off (0: not checked).
+    # Crisp documents no tolerance, and its retries may keep the first timestamp.
+    crisp_timestamp_tolerance: int = Field(default=3600, ge=0)
     # Crisp documents layered limits without numbers; stay modest.
     crisp_rate_limit: RateSetting = Rate(5, 1)
     plain_base_url: AnyHttpUrl = AnyHttpUrl("https://core-api.uk.plain.com")
     plain_api_key: OptionalSecret = None
     plain_webhook_secret: OptionalSecret = None
     plain_visitor_field: str = "datafast_visitor_id"
+    # Where the DataFast visitor id is on a Plain thread: the thread field PLAIN_VISITOR_FIELD
+    # (its key), the customer's external id, or the thread's external id.
+    plain_visitor_source: Literal["thread_field", "customer_external_id", "thread_external_id"] = (
+        "thread_field"
+    )
+    # Seconds a Plain delivery attempt's timestamp may be off (Plain's SDK: 300; 0: off).
+    plain_timestamp_tolerance: int = Field(default=300, ge=0)
     # Plain documents no number; stay modest.
     plain_rate_limit: RateSetting = Rate(5, 1)
 
@@ -392,6 +407,8 @@ class Settings(BaseSettings):
             self,
             ("salesforce_instance_url", "salesforce_client_id", "salesforce_client_secret"),
         )
+        _all_or_none(self, ("freshdesk_base_url", "freshdesk_api_key"))
+        _all_or_none(self, ("crisp_website_id", "crisp_identifier", "crisp_key"))
         if self.source == "postmetric" and (
             self.postmetric_api_key is None or self.postmetric_base_url is None
         ):

@@ -212,6 +212,19 @@ def quota_exhausted(response: UpstreamResponse) -> bool:
     return False
 
 
+def _listed_errors(errors: Any) -> str:
+    """``field: message`` of the first few entries of an ``errors`` list, or ""."""
+    if not isinstance(errors, list):
+        return ""
+    parts = []
+    for item in errors[:3]:
+        if isinstance(item, dict):
+            words = [str(item[k]) for k in ("field", "message") if item.get(k)]
+            if words:
+                parts.append(": ".join(words))
+    return "; ".join(parts)
+
+
 def error_message(response: UpstreamResponse) -> str:
     """The upstream's own words for an error, from the envelopes the providers document."""
     try:
@@ -222,6 +235,14 @@ def error_message(response: UpstreamResponse) -> str:
         error = body.get("error")
         if isinstance(error, dict) and error.get("message"):
             return str(error["message"])  # DataFast, PostMetric
+        if error is True and isinstance(body.get("reason"), str):
+            return str(body["reason"])  # Crisp: {"error": true, "reason": "session_not_found"}
+        detail = _listed_errors(body.get("errors"))
+        if detail:
+            # Freshdesk's {"description": "Validation failed", "errors": [{field, message}]}
+            # and GraphQL's {"errors": [{"message"}]} (Plain).
+            lead = body.get("description") or body.get("message")
+            return f"{lead}: {detail}" if isinstance(lead, str) and lead else detail
         for key in ("message", "description", "error"):  # HubSpot, Zendesk, Rocket.Chat
             if isinstance(body.get(key), str) and body[key]:
                 return str(body[key])

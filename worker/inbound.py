@@ -21,12 +21,14 @@ answered ``duplicate``. Pure: no I/O here.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import hmac
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from pydantic import SecretStr
 
@@ -43,9 +45,11 @@ __all__ = [
     "custom_fields",
     "date_field",
     "email_field",
+    "object_field",
     "reject",
     "require_signature",
     "secret_values",
+    "signed_by_any",
     "text_field",
 ]
 
@@ -86,6 +90,30 @@ def constant_time_equal(given: str | bytes, expected: str | bytes) -> bool:
 def secret_values(secret: SecretStr | None) -> list[str]:
     """The secrets in force for one setting: several, comma-separated, during a rotation."""
     return [s.get_secret_value() for s in split_secrets(secret)]
+
+
+def signed_by_any(
+    secrets: Sequence[str],
+    message: bytes,
+    given: str,
+    *,
+    digest: str = "sha256",
+    encoding: Literal["hex", "base64"] = "hex",
+) -> bool:
+    """Whether ``given`` is the HMAC of ``message`` under any of ``secrets`` (a rotation),
+    written in ``encoding``; compared in constant time (hex case-insensitively)."""
+    given = given.strip()
+    if not given:
+        return False
+    if encoding == "hex":
+        given = given.lower()
+    found = False
+    for secret in secrets:
+        mac = hmac.new(secret.encode(), message, getattr(hashlib, digest)).digest()
+        expected = mac.hex() if encoding == "hex" else base64.b64encode(mac).decode()
+        # Every secret is tried, so the time taken does not tell which one matched.
+        found = constant_time_equal(given, expected) or found
+    return found
 
 
 class WebhookAdapter(ABC):
@@ -142,6 +170,11 @@ def text_field(value: Any, limit: int = MAX_FIELD_CHARS) -> str | None:
         return None
     value = value.strip()
     return value[:limit] if value else None
+
+
+def object_field(value: Any) -> dict[str, Any]:
+    """A payload value that should be a JSON object, or an empty one when it is not."""
+    return value if isinstance(value, dict) else {}
 
 
 def custom_fields(value: Any) -> dict[str, str]:

@@ -9,8 +9,9 @@ hot-visitor alerts). Each integration module subclasses one of them.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from config import Settings
 from worker.events import API_INBOUND, Event
@@ -50,6 +51,41 @@ class Completion:
     missing: str | None = None
     # What was looked up, for the step log ("visitor.info", "contact 123").
     detail: str | None = None
+
+
+# How many pages of a ticket's notes ``marker_in_pages`` reads before it gives up looking.
+MAX_NOTE_PAGES = 20
+
+
+def _path_value(item: Any, path: str) -> Any:
+    for part in path.split("."):
+        if not isinstance(item, dict):
+            return None
+        item = item.get(part)
+    return item
+
+
+def marker_in_pages(
+    pages: Iterable[Sequence[Any]],
+    marker: str,
+    fields: Sequence[str],
+    *,
+    max_pages: int = MAX_NOTE_PAGES,
+) -> bool:
+    """Whether any note in ``pages`` (JSON objects, one list per page of a listing) holds
+    ``marker`` in one of ``fields`` (dotted paths such as ``entry.text``).
+
+    The exactly-once check of the note sinks: each lists a ticket's or conversation's notes
+    its own way (a generator of pages, fetched lazily) and this reads them, stopping at the
+    first hit or after ``max_pages`` pages.
+    """
+    for index, page in enumerate(pages):
+        if index >= max_pages:
+            return False
+        for note in page:
+            if any(marker in str(_path_value(note, f) or "") for f in fields):
+                return True
+    return False
 
 
 class Sink(ABC):

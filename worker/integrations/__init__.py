@@ -13,10 +13,13 @@ from worker.inbound import WebhookAdapter
 from worker.integration import Integration
 from worker.integrations import (
     attio,
+    crisp,
     datafast,
     discord,
+    freshdesk,
     hubspot,
     pipedrive,
+    plain,
     postmetric,
     rocketchat,
     salesforce,
@@ -42,6 +45,9 @@ INTEGRATIONS: list[Integration] = [
     discord.INTEGRATION,
     teams.INTEGRATION,
     telegram.INTEGRATION,
+    freshdesk.INTEGRATION,
+    crisp.INTEGRATION,
+    plain.INTEGRATION,
 ]
 
 SOURCES: dict[str, type[Source]] = {i.name: i.source for i in INTEGRATIONS if i.source}
