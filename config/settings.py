@@ -408,7 +408,9 @@ class Settings(BaseSettings):
             ("salesforce_instance_url", "salesforce_client_id", "salesforce_client_secret"),
         )
         _all_or_none(self, ("freshdesk_base_url", "freshdesk_api_key"))
-        _all_or_none(self, ("crisp_website_id", "crisp_identifier", "crisp_key"))
+        _all_or_none(self, ("crisp_identifier", "crisp_key"))
+        if self.crisp_key is not None and not self.crisp_website_id:
+            raise ValueError("CRISP_WEBSITE_ID: required with CRISP_IDENTIFIER and CRISP_KEY")
         if self.source == "postmetric" and (
             self.postmetric_api_key is None or self.postmetric_base_url is None
         ):
