@@ -48,6 +48,7 @@ __all__ = [
     "object_field",
     "reject",
     "require_signature",
+    "secret_matches",
     "secret_values",
     "signed_by_any",
     "text_field",
@@ -92,6 +93,15 @@ def secret_values(secret: SecretStr | None) -> list[str]:
     return [s.get_secret_value() for s in split_secrets(secret)]
 
 
+def secret_matches(given: str, secrets: Sequence[str]) -> bool:
+    """Whether ``given`` (a token in a header or the URL) is one of ``secrets``; every secret
+    is compared, in constant time, so the time taken does not tell which one matched."""
+    found = False
+    for secret in secrets:
+        found = constant_time_equal(given, secret) or found
+    return bool(given) and found
+
+
 def signed_by_any(
     secrets: Sequence[str],
     message: bytes,
@@ -107,13 +117,11 @@ def signed_by_any(
         return False
     if encoding == "hex":
         given = given.lower()
-    found = False
+    expected = []
     for secret in secrets:
         mac = hmac.new(secret.encode(), message, getattr(hashlib, digest)).digest()
-        expected = mac.hex() if encoding == "hex" else base64.b64encode(mac).decode()
-        # Every secret is tried, so the time taken does not tell which one matched.
-        found = constant_time_equal(given, expected) or found
-    return found
+        expected.append(mac.hex() if encoding == "hex" else base64.b64encode(mac).decode())
+    return secret_matches(given, expected)
 
 
 class WebhookAdapter(ABC):

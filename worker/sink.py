@@ -9,11 +9,12 @@ hot-visitor alerts). Each integration module subclasses one of them.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, TypeVar
 
 from config import Settings
+from worker.errors import AuthFailed, Rejected
 from worker.events import API_INBOUND, Event
 from worker.http import ServiceClient
 from worker.journey import HotVisitor, JourneyContext
@@ -51,6 +52,38 @@ class Completion:
     missing: str | None = None
     # What was looked up, for the step log ("visitor.info", "contact 123").
     detail: str | None = None
+
+
+T = TypeVar("T")
+
+
+def unless_missing(call: Callable[[], T]) -> T | None:
+    """``call()``, or None when the system answers 404: the ticket or conversation a lookup
+    asks about does not exist (any other error is raised)."""
+    try:
+        return call()
+    except Rejected as exc:
+        if isinstance(exc, AuthFailed) or exc.status_code != 404:
+            raise
+        return None
+
+
+def looked_up(
+    event: Event,
+    visitor_id: str | None,
+    *,
+    missing: str,
+    found: str,
+    email: str | None = None,
+    name: str | None = None,
+) -> Completion:
+    """A lookup's ``Completion``: the event with the visitor id and whatever email and name
+    the system knows (the webhook's own win), and ``missing`` as the reason when it has no
+    visitor id, else ``found`` as what was read."""
+    completed = event.model_copy(
+        update={"visitor_id": visitor_id, "email": event.email or email, "name": event.name or name}
+    )
+    return Completion(completed, missing) if not visitor_id else Completion(completed, None, found)
 
 
 # How many pages of a ticket's notes ``marker_in_pages`` reads before it gives up looking.

@@ -54,12 +54,12 @@ from worker.inbound import (
     Ignored,
     WebhookAdapter,
     WebhookRequest,
-    constant_time_equal,
     date_field,
     email_field,
     object_field,
     reject,
     require_signature,
+    secret_matches,
     secret_values,
     signed_by_any,
     text_field,
@@ -67,7 +67,15 @@ from worker.inbound import (
 from worker.integration import Integration
 from worker.journey import JourneyContext
 from worker.ratelimit import SharedRateLimiter
-from worker.sink import Completion, DeliveryResult, Note, Sink, marker_in_pages
+from worker.sink import (
+    Completion,
+    DeliveryResult,
+    Note,
+    Sink,
+    looked_up,
+    marker_in_pages,
+    unless_missing,
+)
 
 EVENT_ID_PREFIX = "crisp:"
 SESSION_PREFIX = "session_"
@@ -224,9 +232,10 @@ class CrispWebhook(WebhookAdapter):
         secrets = secret_values(self.settings.crisp_webhook_key)
         signature = request.headers.get("x-crisp-signature")
         if signature is None:
-            given = request.query.get("key", "")
-            matches = [constant_time_equal(given, secret) for secret in secrets]
-            require_signature(bool(given) and any(matches), "bad or missing ?key= (website hook)")
+            require_signature(
+                secret_matches(request.query.get("key", ""), secrets),
+                "bad or missing ?key= (website hook)",
+            )
             return
         timestamp = request.headers.get("x-crisp-request-timestamp", "").strip()
         require_signature(bool(timestamp), "X-Crisp-Request-Timestamp missing")
@@ -338,26 +347,21 @@ class CrispSink(Sink):
     def complete_event(self, event: Event) -> Completion:
         """The visitor id from the conversation's session data; the email and nickname."""
         field = self.settings.crisp_visitor_field
-        try:
-            meta = crisp_data(self.http.request("GET", f"{self._conversation(event)}/meta"))
-        except Rejected as exc:
-            if isinstance(exc, AuthFailed) or exc.status_code != 404:
-                raise
+        meta = unless_missing(
+            lambda: crisp_data(self.http.request("GET", f"{self._conversation(event)}/meta"))
+        )
+        if meta is None:
             return Completion(event, f"Crisp has no conversation {event.ticket_id}")
         if not isinstance(meta, dict):
             raise BadResponse("answered the meta without an object", service=self.name)
-        session_data = object_field(meta.get("data"))
-        visitor_id = text_field(session_data.get(field))
-        completed = event.model_copy(
-            update={
-                "visitor_id": visitor_id,
-                "email": event.email or email_field(meta.get("email")),
-                "name": event.name or text_field(meta.get("nickname")),
-            }
+        return looked_up(
+            event,
+            text_field(object_field(meta.get("data")).get(field)),
+            missing=visitor_missing_reason(field),
+            found=f"the conversation's session data {field}",
+            email=email_field(meta.get("email")),
+            name=text_field(meta.get("nickname")),
         )
-        if not visitor_id:
-            return Completion(completed, visitor_missing_reason(field))
-        return Completion(completed, None, f"the conversation's session data {field}")
 
     def check(self) -> str:
         website = self.settings.crisp_website_id

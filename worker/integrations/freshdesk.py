@@ -41,20 +41,28 @@ from worker.http import ServiceClient, secret_text
 from worker.inbound import (
     WebhookAdapter,
     WebhookRequest,
-    constant_time_equal,
     custom_fields,
     date_field,
     email_field,
     object_field,
     reject,
     require_signature,
+    secret_matches,
     secret_values,
     text_field,
 )
 from worker.integration import Integration
 from worker.journey import JourneyContext
 from worker.ratelimit import SharedRateLimiter
-from worker.sink import Completion, DeliveryResult, Note, Sink, marker_in_pages
+from worker.sink import (
+    Completion,
+    DeliveryResult,
+    Note,
+    Sink,
+    looked_up,
+    marker_in_pages,
+    unless_missing,
+)
 
 TOKEN_HEADER = "x-visitor-enrich-token"
 EVENT_ID_PREFIX = "freshdesk:"
@@ -159,11 +167,10 @@ class FreshdeskWebhook(WebhookAdapter):
 
     def verify(self, request: WebhookRequest) -> None:
         given = request.headers.get(TOKEN_HEADER, "")
-        matches = [
-            constant_time_equal(given, secret)
-            for secret in secret_values(self.settings.freshdesk_webhook_token)
-        ]
-        require_signature(bool(given) and any(matches), "bad or missing X-Visitor-Enrich-Token")
+        require_signature(
+            secret_matches(given, secret_values(self.settings.freshdesk_webhook_token)),
+            "bad or missing X-Visitor-Enrich-Token",
+        )
 
     def map_events(self, request: WebhookRequest, payload: Any) -> Sequence[Event]:
         return [parse_freshdesk_webhook(payload, self.settings, require_uuid=self.require_uuid)]
@@ -243,27 +250,22 @@ class FreshdeskSink(Sink):
     def complete_event(self, event: Event) -> Completion:
         """The visitor id from the ticket's custom field, and the requester's email."""
         field = self.settings.freshdesk_visitor_field
-        try:
-            response = self.http.request(
-                "GET", self._ticket_path(event), params={"include": "requester"}
-            )
-        except Rejected as exc:
-            if isinstance(exc, AuthFailed) or exc.status_code != 404:
-                raise
+        params = {"include": "requester"}
+        response = unless_missing(
+            lambda: self.http.request("GET", self._ticket_path(event), params=params)
+        )
+        if response is None:
             return Completion(event, f"Freshdesk has no ticket {event.ticket_id}")
         ticket = _object(response.json(), self.name, "the ticket")
-        visitor_id = custom_fields(ticket.get("custom_fields")).get(field)
         requester = object_field(ticket.get("requester"))
-        completed = event.model_copy(
-            update={
-                "visitor_id": visitor_id,
-                "email": event.email or email_field(requester.get("email")),
-                "name": event.name or text_field(requester.get("name")),
-            }
+        return looked_up(
+            event,
+            custom_fields(ticket.get("custom_fields")).get(field),
+            missing=visitor_missing_reason(field),
+            found=f"the ticket's {field}",
+            email=email_field(requester.get("email")),
+            name=text_field(requester.get("name")),
         )
-        if not visitor_id:
-            return Completion(completed, visitor_missing_reason(field))
-        return Completion(completed, None, f"the ticket's {field}")
 
     def check(self) -> str:
         try:

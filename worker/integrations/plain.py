@@ -54,7 +54,7 @@ from worker.inbound import (
 from worker.integration import Integration
 from worker.journey import JourneyContext
 from worker.ratelimit import SharedRateLimiter
-from worker.sink import Completion, DeliveryResult, Note, Sink, marker_in_pages
+from worker.sink import Completion, DeliveryResult, Note, Sink, looked_up, marker_in_pages
 from worker.templates import render_text
 
 EVENT_ID_PREFIX = "plain:"
@@ -351,11 +351,12 @@ class PlainSink(Sink):
         thread = self.graphql(THREAD_VISITOR, {"threadId": event.ticket_id}).get("thread")
         if not isinstance(thread, dict):
             return Completion(event, f"Plain has no thread {event.ticket_id}")
-        visitor_id = thread_field(thread.get("threadFields"), key)
-        completed = event.model_copy(update={"visitor_id": visitor_id})
-        if not visitor_id:
-            return Completion(completed, visitor_missing_reason(self.settings))
-        return Completion(completed, None, f"the thread field {key}")
+        return looked_up(
+            event,
+            thread_field(thread.get("threadFields"), key),
+            missing=visitor_missing_reason(self.settings),
+            found=f"the thread field {key}",
+        )
 
     def check(self) -> str:
         workspace = object_field(self.graphql(MY_WORKSPACE).get("myWorkspace"))
