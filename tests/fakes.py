@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Self
 
 from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
@@ -129,7 +129,83 @@ def _is_uuid(value: str) -> bool:
     return True
 
 
-class FakeUpstream:
+@dataclass(frozen=True)
+class InFlight:
+    """A request a fake has received and not answered yet."""
+
+    method: str
+    path: str
+    client_port: int
+    since: float
+
+
+class LoopbackServer:
+    """A fake's WSGI app (``_wsgi``) served on a free loopback port in a thread. Use as a
+    context manager, or ``start()`` / ``stop()``.
+
+    It knows which requests it is still answering (``in_flight``), with the client's port, so
+    a test can find the worker process waiting on one (tests/faults_support.py
+    ``pid_of_connection``) and kill it.
+    """
+
+    def __init__(self) -> None:
+        self._server: Any = None
+        self._thread: threading.Thread | None = None
+        self._flights: dict[int, InFlight] = {}
+        self._flights_lock = threading.Lock()
+
+    def start(self) -> Self:
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request is noise
+        self._server = make_server("127.0.0.1", 0, self._serve, threaded=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_port)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def in_flight(self) -> list[InFlight]:
+        with self._flights_lock:
+            return list(self._flights.values())
+
+    def _serve(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        ident = threading.get_ident()
+        entry = InFlight(
+            method=str(environ.get("REQUEST_METHOD")),
+            path=str(environ.get("PATH_INFO")),
+            client_port=int(environ.get("REMOTE_PORT") or 0),
+            since=time.monotonic(),
+        )
+        with self._flights_lock:
+            self._flights[ident] = entry
+        try:
+            return self._wsgi(environ, start_response)
+        finally:
+            with self._flights_lock:
+                self._flights.pop(ident, None)
+
+    def _wsgi(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        raise NotImplementedError
+
+
+class FakeUpstream(LoopbackServer):
     """The fake server. Use as a context manager, or ``start()`` / ``stop()``."""
 
     def __init__(
@@ -141,6 +217,7 @@ class FakeUpstream:
         zendesk_email: str = ZENDESK_EMAIL,
         zendesk_token: str = ZENDESK_TOKEN,
     ) -> None:
+        super().__init__()
         self.datafast_key = datafast_key
         self.datafast_website_id = datafast_website_id
         self.hubspot_token = hubspot_token
@@ -157,37 +234,6 @@ class FakeUpstream:
         self.property_groups: set[str] = set()
         self.tickets: dict[str, list[dict[str, Any]]] = {}  # ticket id -> comments
         self.slack: list[dict[str, Any]] = []
-        self._server: Any = None
-        self._thread: threading.Thread | None = None
-
-    # Lifecycle ---------------------------------------------------------------------------
-
-    def start(self) -> FakeUpstream:
-        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request is noise
-        self._server = make_server("127.0.0.1", 0, self._wsgi, threaded=True)
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    def __enter__(self) -> FakeUpstream:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def port(self) -> int:
-        return int(self._server.server_port)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
     def base_url(self, service: str) -> str:
         if service == "slack":

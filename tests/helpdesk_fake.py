@@ -9,9 +9,9 @@ The base serves a werkzeug app on a free loopback port in a thread and gives eve
 - scripted answers (``fail``): the next N matching requests get a status with the vendor's own
   error envelope (``error_body``) and, for 429, the vendor's own rate-limit headers
   (``rate_limit_headers``);
-- ``delay``: behave for real (the effect happens at once) but answer late, and ``in_flight``:
-  the requests still being answered with the client's port, to find and kill -9 the worker
-  process waiting on one (tests/faults_support.py ``pid_of_connection``).
+- ``delay``: behave for real (the effect happens at once) but answer late; with
+  ``in_flight`` (from ``LoopbackServer``, tests/fakes.py, which also serves it) a test finds
+  the worker process waiting on a held note call and kills it.
 
 A subclass sets ``service`` and implements ``handle(request, route, body)``; it keeps its
 state under ``self.lock``.
@@ -20,34 +20,21 @@ state under ``self.lock``.
 from __future__ import annotations
 
 import json
-import logging
 import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from fakes import Recorded, Rule
+from fakes import LoopbackServer, Recorded, Rule
 from fastapi.testclient import TestClient
 from harness import REDIS_URL, TEST_SECRET
-from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
 from config import Settings, load_settings
 from worker.runtime import Runtime, build_runtime
 from worker.web import create_app
-
-
-@dataclass(frozen=True)
-class InFlight:
-    """A request the fake has received and not answered yet."""
-
-    method: str
-    path: str
-    client_port: int
-    since: float
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -56,45 +43,16 @@ def json_response(body: Any, status: int = 200, headers: dict[str, str] | None =
     )
 
 
-class FakeHelpdesk(ABC):
+class FakeHelpdesk(LoopbackServer, ABC):
     """One vendor's fake API. Use as a context manager, or ``start()`` / ``stop()``."""
 
     service: ClassVar[str]
 
     def __init__(self) -> None:
+        super().__init__()
         self.lock = threading.RLock()
         self.requests: list[Recorded] = []
         self.rules: list[Rule] = []
-        self._in_flight: dict[int, InFlight] = {}
-        self._server: Any = None
-
-    # Lifecycle ---------------------------------------------------------------------------
-
-    def start(self) -> FakeHelpdesk:
-        logging.getLogger("werkzeug").setLevel(logging.WARNING)
-        self._server = make_server("127.0.0.1", 0, self._wsgi, threaded=True)
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    def __enter__(self) -> FakeHelpdesk:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def port(self) -> int:
-        return int(self._server.server_port)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
     # Scripting ---------------------------------------------------------------------------
 
@@ -163,10 +121,6 @@ class FakeHelpdesk(ABC):
             found = [r for r in found if contains in r.path or contains in r.text]
         return found
 
-    def in_flight(self) -> list[InFlight]:
-        with self.lock:
-            return list(self._in_flight.values())
-
     # What a subclass says ----------------------------------------------------------------
 
     @abstractmethod
@@ -184,20 +138,7 @@ class FakeHelpdesk(ABC):
     # Serving -----------------------------------------------------------------------------
 
     def _wsgi(self, environ: dict[str, Any], start_response: Any) -> Any:
-        ident = threading.get_ident()
-        entry = InFlight(
-            method=str(environ.get("REQUEST_METHOD")),
-            path=str(environ.get("PATH_INFO")),
-            client_port=int(environ.get("REMOTE_PORT") or 0),
-            since=time.monotonic(),
-        )
-        with self.lock:
-            self._in_flight[ident] = entry
-        try:
-            return self._answer(Request(environ))(environ, start_response)
-        finally:
-            with self.lock:
-                self._in_flight.pop(ident, None)
+        return self._answer(Request(environ))(environ, start_response)
 
     def _answer(self, request: Request) -> Response:
         raw = request.get_data(cache=True)

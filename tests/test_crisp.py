@@ -163,7 +163,7 @@ def test_website_hook_key_in_the_url() -> None:
 @pytest.fixture
 def fake() -> Iterator[FakeCrisp]:
     with FakeCrisp() as server:
-        yield server  # type: ignore[misc]
+        yield server
 
 
 @pytest.fixture

@@ -133,7 +133,7 @@ def test_token_is_checked_and_may_be_rotated() -> None:
 @pytest.fixture
 def fake() -> Iterator[FakeFreshdesk]:
     with FakeFreshdesk() as server:
-        yield server  # type: ignore[misc]
+        yield server
 
 
 @pytest.fixture

@@ -86,7 +86,7 @@ def fakes() -> Iterator[Fakes]:
         FakeCrisp() as crisp,
         FakePlain() as plain,
     ):
-        yield Fakes(datafast, fd, crisp, plain)  # type: ignore[arg-type]
+        yield Fakes(datafast, fd, crisp, plain)
 
 
 @pytest.fixture(scope="module")

@@ -144,7 +144,7 @@ def test_stale_delivery_attempt_is_refused() -> None:
 @pytest.fixture
 def fake() -> Iterator[FakePlain]:
     with FakePlain() as server:
-        yield server  # type: ignore[misc]
+        yield server
 
 
 @pytest.fixture
