@@ -117,7 +117,7 @@ class FakeCrisp(FakeHelpdesk):
     ) -> None:
         """A conversation whose session data is ``data``, with ``messages`` visitor texts."""
         base = int(time.time() * 1000) - 60_000
-        with self.lock:
+        with self._lock:
             self.conversations[session_id] = {
                 "meta": {
                     "nickname": "visitor493603",
@@ -140,11 +140,11 @@ class FakeCrisp(FakeHelpdesk):
             }
 
     def set_data(self, session_id: str, data: dict[str, Any]) -> None:
-        with self.lock:
+        with self._lock:
             self.conversations[session_id]["meta"]["data"].update(data)
 
     def notes(self, session_id: str) -> list[dict[str, Any]]:
-        with self.lock:
+        with self._lock:
             return [
                 dict(m) for m in self.conversations[session_id]["messages"] if m["type"] == "note"
             ]

@@ -75,7 +75,7 @@ class FakeFreshdesk(FakeHelpdesk):
     def add_ticket(
         self, ticket_id: str, visitor_id: str | None = None, email: str = "ada@example.com"
     ) -> None:
-        with self.lock:
+        with self._lock:
             self.tickets[ticket_id] = {
                 "id": int(ticket_id),
                 "subject": "Cannot find the export button",
@@ -86,7 +86,7 @@ class FakeFreshdesk(FakeHelpdesk):
             self.conversations[ticket_id] = []
 
     def notes(self, ticket_id: str) -> list[dict[str, Any]]:
-        with self.lock:
+        with self._lock:
             return [dict(n) for n in self.conversations.get(ticket_id, []) if n["private"]]
 
     # Answers -----------------------------------------------------------------------------

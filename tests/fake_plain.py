@@ -151,7 +151,7 @@ class FakePlain(FakeHelpdesk):
     ) -> tuple[str, str]:
         """A thread with thread fields ``fields``; returns (thread id, customer id)."""
         thread_id, customer_id = _ulid_like("th"), _ulid_like("c")
-        with self.lock:
+        with self._lock:
             self.threads[thread_id] = {
                 "customer_id": customer_id,
                 "externalId": None,
@@ -164,7 +164,7 @@ class FakePlain(FakeHelpdesk):
         return thread_id, customer_id
 
     def notes(self, thread_id: str) -> list[dict[str, Any]]:
-        with self.lock:
+        with self._lock:
             return [dict(n) for n in self.threads[thread_id]["notes"]]
 
     # Answers -----------------------------------------------------------------------------

@@ -205,54 +205,16 @@ class LoopbackServer:
         raise NotImplementedError
 
 
-class FakeUpstream(LoopbackServer):
-    """The fake server. Use as a context manager, or ``start()`` / ``stop()``."""
+class ScriptedServer(LoopbackServer):
+    """A ``LoopbackServer`` that records every request and answers scripted failures and
+    delays (``fail``, ``delay``) before a subclass's real behaviour (``_dispatch``), for one
+    or several services (``_locate`` says which from the path)."""
 
-    def __init__(
-        self,
-        *,
-        datafast_key: str = DATAFAST_KEY,
-        datafast_website_id: str | None = None,
-        hubspot_token: str = HUBSPOT_TOKEN,
-        zendesk_email: str = ZENDESK_EMAIL,
-        zendesk_token: str = ZENDESK_TOKEN,
-    ) -> None:
+    def __init__(self) -> None:
         super().__init__()
-        self.datafast_key = datafast_key
-        self.datafast_website_id = datafast_website_id
-        self.hubspot_token = hubspot_token
-        self.zendesk_email = zendesk_email
-        self.zendesk_token = zendesk_token
         self._lock = threading.RLock()
-        self._ids = itertools.count(1001)
         self.requests: list[Recorded] = []
         self.rules: list[Rule] = []
-        self.visitors: dict[str, dict[str, Any]] = {}
-        self.contacts: dict[str, dict[str, Any]] = {}  # id -> HubSpot object
-        self.notes: dict[str, dict[str, Any]] = {}  # id -> HubSpot object with associations
-        self.contact_properties: set[str] = set(HUBSPOT_DEFAULT_PROPERTIES)
-        self.property_groups: set[str] = set()
-        self.tickets: dict[str, list[dict[str, Any]]] = {}  # ticket id -> comments
-        self.slack: list[dict[str, Any]] = []
-
-    def base_url(self, service: str) -> str:
-        if service == "slack":
-            return f"{self.url}{SLACK_HOOK_PATH}"
-        return f"{self.url}/{service}"
-
-    def env(self) -> dict[str, str]:
-        """Environment variables pointing the service at this fake, with its credentials."""
-        return {
-            "DATAFAST_API_KEY": self.datafast_key,
-            "DATAFAST_WEBSITE_ID": self.datafast_website_id or "",
-            "DATAFAST_BASE_URL": self.base_url("datafast"),
-            "HUBSPOT_TOKEN": self.hubspot_token,
-            "HUBSPOT_BASE_URL": self.base_url("hubspot"),
-            "ZENDESK_BASE_URL": self.base_url("zendesk"),
-            "ZENDESK_EMAIL": self.zendesk_email,
-            "ZENDESK_API_TOKEN": self.zendesk_token,
-            "SLACK_WEBHOOK_URL": self.base_url("slack"),
-        }
 
     # Scripting ---------------------------------------------------------------------------
 
@@ -311,6 +273,142 @@ class FakeUpstream(LoopbackServer):
             self.rules.append(rule)
         return rule
 
+    # Reading -----------------------------------------------------------------------------
+
+    def requests_to(
+        self,
+        service: str,
+        *,
+        method: str | None = None,
+        contains: str | None = None,
+        route: str | None = None,
+    ) -> list[Recorded]:
+        """Recorded requests to ``service``, optionally by method, route prefix, or text in
+        the path or body."""
+        with self._lock:
+            found = [r for r in self.requests if r.service == service]
+        if method:
+            found = [r for r in found if r.method == method.upper()]
+        if route:
+            found = [r for r in found if r.route.startswith(route)]
+        if contains:
+            found = [r for r in found if contains in r.path or contains in r.text]
+        return found
+
+    # WSGI --------------------------------------------------------------------------------
+
+    def _wsgi(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        request = Request(environ)
+        response = self._handle(request)
+        return response(environ, start_response)
+
+    def _handle(self, request: Request) -> Response:
+        path = request.path
+        body = request.get_data(cache=True)
+        service, route = self._locate(path)
+        try:
+            parsed = json.loads(body) if body else None
+        except ValueError:
+            parsed = None
+        record = Recorded(
+            service=service,
+            method=request.method,
+            path=path,
+            route=route,
+            query=dict(request.args),
+            headers={k.lower(): v for k, v in request.headers.items()},
+            body=body,
+            json=parsed,
+            mono=time.monotonic(),
+            wall=time.time(),
+        )
+        with self._lock:
+            self.requests.append(record)
+            rule = next(
+                (r for r in self.rules if r.matches(service, request.method, path, body)), None
+            )
+            if rule is not None and rule.times is not None:
+                rule.times -= 1
+        if rule is not None and rule.status is not None:
+            response = self._scripted(service, rule)
+        else:
+            response = self._dispatch(service, request, route, parsed, body)
+        if rule is not None and rule.delay:
+            time.sleep(rule.delay)
+        record.status = response.status_code
+        return response
+
+    def _locate(self, path: str) -> tuple[str, str]:
+        """(the service a request is for, the path after that service's prefix)."""
+        raise NotImplementedError
+
+    def _dispatch(
+        self, service: str, request: Request, route: str, parsed: Any, body: bytes
+    ) -> Response:
+        """The service's real answer to a request no rule scripted."""
+        raise NotImplementedError
+
+    def _scripted(self, service: str, rule: Rule) -> Response:
+        """A scripted status: the rule's body, else the service's own error envelope."""
+        assert rule.status is not None
+        body = rule.body if rule.body is not None else self._error_body(service, rule.status)
+        return Response(
+            body,
+            status=rule.status,
+            headers=rule.headers,
+            content_type=rule.content_type or "application/json",
+        )
+
+    def _error_body(self, service: str, status: int) -> bytes:
+        return json.dumps({"message": f"error {status}"}).encode()
+
+
+class FakeUpstream(ScriptedServer):
+    """The fake server. Use as a context manager, or ``start()`` / ``stop()``."""
+
+    def __init__(
+        self,
+        *,
+        datafast_key: str = DATAFAST_KEY,
+        datafast_website_id: str | None = None,
+        hubspot_token: str = HUBSPOT_TOKEN,
+        zendesk_email: str = ZENDESK_EMAIL,
+        zendesk_token: str = ZENDESK_TOKEN,
+    ) -> None:
+        super().__init__()
+        self.datafast_key = datafast_key
+        self.datafast_website_id = datafast_website_id
+        self.hubspot_token = hubspot_token
+        self.zendesk_email = zendesk_email
+        self.zendesk_token = zendesk_token
+        self._ids = itertools.count(1001)
+        self.visitors: dict[str, dict[str, Any]] = {}
+        self.contacts: dict[str, dict[str, Any]] = {}  # id -> HubSpot object
+        self.notes: dict[str, dict[str, Any]] = {}  # id -> HubSpot object with associations
+        self.contact_properties: set[str] = set(HUBSPOT_DEFAULT_PROPERTIES)
+        self.property_groups: set[str] = set()
+        self.tickets: dict[str, list[dict[str, Any]]] = {}  # ticket id -> comments
+        self.slack: list[dict[str, Any]] = []
+
+    def base_url(self, service: str) -> str:
+        if service == "slack":
+            return f"{self.url}{SLACK_HOOK_PATH}"
+        return f"{self.url}/{service}"
+
+    def env(self) -> dict[str, str]:
+        """Environment variables pointing the service at this fake, with its credentials."""
+        return {
+            "DATAFAST_API_KEY": self.datafast_key,
+            "DATAFAST_WEBSITE_ID": self.datafast_website_id or "",
+            "DATAFAST_BASE_URL": self.base_url("datafast"),
+            "HUBSPOT_TOKEN": self.hubspot_token,
+            "HUBSPOT_BASE_URL": self.base_url("hubspot"),
+            "ZENDESK_BASE_URL": self.base_url("zendesk"),
+            "ZENDESK_EMAIL": self.zendesk_email,
+            "ZENDESK_API_TOKEN": self.zendesk_token,
+            "SLACK_WEBHOOK_URL": self.base_url("slack"),
+        }
+
     # State set-up ------------------------------------------------------------------------
 
     def add_visitor(self, profile: dict[str, Any]) -> str:
@@ -337,26 +435,6 @@ class FakeUpstream(LoopbackServer):
                 comments.append(self._comment(description, None, public=True, author=1))
 
     # Reading -----------------------------------------------------------------------------
-
-    def requests_to(
-        self,
-        service: str,
-        *,
-        method: str | None = None,
-        contains: str | None = None,
-        route: str | None = None,
-    ) -> list[Recorded]:
-        """Recorded requests to ``service``, optionally by method, route prefix, or text in
-        the path or body."""
-        with self._lock:
-            found = [r for r in self.requests if r.service == service]
-        if method:
-            found = [r for r in found if r.method == method.upper()]
-        if route:
-            found = [r for r in found if r.route.startswith(route)]
-        if contains:
-            found = [r for r in found if contains in r.path or contains in r.text]
-        return found
 
     def zendesk_comments(self, ticket_id: str) -> list[dict[str, Any]]:
         with self._lock:
@@ -385,57 +463,23 @@ class FakeUpstream(LoopbackServer):
 
     # WSGI --------------------------------------------------------------------------------
 
-    def _wsgi(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
-        request = Request(environ)
-        response = self._handle(request)
-        return response(environ, start_response)
-
-    def _handle(self, request: Request) -> Response:
-        path = request.path
-        body = request.get_data(cache=True)
+    def _locate(self, path: str) -> tuple[str, str]:
         service = path.strip("/").split("/", 1)[0]
-        route = path[len(service) + 1 :] if service in SERVICES else path
-        try:
-            parsed = json.loads(body) if body else None
-        except ValueError:
-            parsed = None
-        record = Recorded(
-            service=service,
-            method=request.method,
-            path=path,
-            route=route,
-            query=dict(request.args),
-            headers={k.lower(): v for k, v in request.headers.items()},
-            body=body,
-            json=parsed,
-            mono=time.monotonic(),
-            wall=time.time(),
-        )
+        return service, path[len(service) + 1 :] if service in SERVICES else path
+
+    def _dispatch(
+        self, service: str, request: Request, route: str, parsed: Any, body: bytes
+    ) -> Response:
+        handler = {
+            "datafast": self._datafast,
+            "hubspot": self._hubspot,
+            "zendesk": self._zendesk,
+            "slack": self._slack,
+        }.get(service)
+        if handler is None:
+            return Response("no such service", status=404)
         with self._lock:
-            self.requests.append(record)
-            rule = next(
-                (r for r in self.rules if r.matches(service, request.method, path, body)), None
-            )
-            if rule is not None and rule.times is not None:
-                rule.times -= 1
-        if rule is not None and rule.status is not None:
-            response = self._scripted(service, rule)
-        else:
-            handler = {
-                "datafast": self._datafast,
-                "hubspot": self._hubspot,
-                "zendesk": self._zendesk,
-                "slack": self._slack,
-            }.get(service)
-            if handler is None:
-                response = Response("no such service", status=404)
-            else:
-                with self._lock:
-                    response = handler(request, route, parsed, body)
-        if rule is not None and rule.delay:
-            time.sleep(rule.delay)
-        record.status = response.status_code
-        return response
+            return handler(request, route, parsed, body)
 
     def _scripted(self, service: str, rule: Rule) -> Response:
         assert rule.status is not None
@@ -447,8 +491,7 @@ class FakeUpstream(LoopbackServer):
                 content_type = "text/html"
         return Response(body, status=rule.status, headers=rule.headers, content_type=content_type)
 
-    @staticmethod
-    def _error_body(service: str, status: int) -> bytes:
+    def _error_body(self, service: str, status: int) -> bytes:
         messages = {
             400: "Bad request",
             401: "Invalid or missing API key",

@@ -201,9 +201,9 @@ def test_note_in_the_conversation_and_found_again(fake: FakeCrisp, runtime: Runt
             }
         )
     assert sink.already_delivered(event) is True
-    listing = fake.requests_to(method="GET", contains="/messages")
+    listing = fake.requests_to(fake.service, method="GET", contains="/messages")
     assert any("timestamp_before" in r.query for r in listing)
-    post = fake.requests_to(method="POST")[0]
+    post = fake.requests_to(fake.service, method="POST")[0]
     assert post.json == {
         "type": "note",
         "from": "operator",
@@ -248,7 +248,7 @@ def test_rate_limited_answers_pause_every_worker(
     sink = _sink(runtime)
     event = Event(id="e", type="livechat", ticket_id=session, inbound="crisp")
     ctx = JourneyContext.not_found("DataFast", "", "x")
-    fake.fail(status, method="POST")
+    fake.fail(fake.service, status, method="POST")
     with pytest.raises(RateLimited, match="rate_limited"):
         sink.deliver(event, ctx, sink.render_note(event, ctx))
     assert runtime.limiter.paused_for("crisp") > 0

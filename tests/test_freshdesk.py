@@ -172,10 +172,12 @@ def test_note_is_private_html_and_found_again_by_its_marker(
     assert sink.already_delivered(event) is True
     pages = [
         r.query["page"]
-        for r in fake.requests_to(method="GET", route=f"/api/v2/tickets/{ticket}/conversations")
+        for r in fake.requests_to(
+            fake.service, method="GET", route=f"/api/v2/tickets/{ticket}/conversations"
+        )
     ]
     assert pages == ["1", "2", "1", "2"]  # both looks read past the first 100
-    post = fake.requests_to(method="POST")[0]
+    post = fake.requests_to(fake.service, method="POST")[0]
     assert post.json == {"body": note["body"], "private": True}
 
 
@@ -204,7 +206,9 @@ def test_lookup_reads_the_custom_field_and_requester(fake: FakeFreshdesk, runtim
         "grace@example.com",
         "Ada Lovelace",
     )
-    assert fake.requests_to(route=f"/api/v2/tickets/{with_id}")[0].query == {"include": "requester"}
+    assert fake.requests_to(fake.service, route=f"/api/v2/tickets/{with_id}")[0].query == {
+        "include": "requester"
+    }
     missing = sink.complete_event(
         Event(id="b", type="support_ticket", ticket_id=without, lookup="freshdesk")
     )
@@ -243,7 +247,7 @@ def test_errors_and_429_with_freshdesks_headers(fake: FakeFreshdesk, runtime: Ru
     sink = _sink(runtime)
     event = Event(id="e", type="support_ticket", ticket_id=ticket, inbound="freshdesk")
     ctx = JourneyContext.not_found("DataFast", "", "x")
-    fake.fail(429, method="POST")
+    fake.fail(fake.service, 429, method="POST")
     with pytest.raises(RateLimited) as limited:
         sink.deliver(event, ctx, sink.render_note(event, ctx))
     assert limited.value.retry_after == 1.0 and "exceeded the limit" in str(limited.value)

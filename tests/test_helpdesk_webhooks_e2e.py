@@ -274,9 +274,9 @@ def test_kill9_between_the_note_call_and_its_record_leaves_one_note_each(
 ) -> None:
     visitor = fakes.datafast.add_visitor(full_profile())
     sents = [hook(fakes, visitor) for hook in HOOKS.values()]
-    fakes.freshdesk.delay(4.0, method="POST", match="/notes")
-    fakes.crisp.delay(4.0, method="POST", match="/message")
-    fakes.plain.delay(4.0, method="POST", match="createNote")
+    fakes.freshdesk.delay("freshdesk", 4.0, method="POST", match="/notes")
+    fakes.crisp.delay("crisp", 4.0, method="POST", match="/message")
+    fakes.plain.delay("plain", 4.0, method="POST", match="createNote")
     for sent in sents:
         assert sent.post(svc).status_code in (200, 202)
     held = wait_for(lambda: _held(fakes), 20, message="the three note calls held by the fakes")

@@ -183,7 +183,7 @@ def test_create_note_and_find_it_in_the_timeline(fake: FakePlain, runtime: Runti
     assert event.marker in note["text"] and event.marker in (note["markdown"] or "")
     assert "No visitor journey found" in note["text"]
     assert sink.already_delivered(event) is True
-    calls = fake.requests_to(method="POST")
+    calls = fake.requests_to(fake.service, method="POST")
     assert calls[0].headers["authorization"] == f"Bearer {PLAIN_API_KEY}"
     assert any("NOTE" in c.json["query"] and c.json["variables"].get("after") for c in calls)
 
@@ -215,7 +215,7 @@ def test_mutation_errors_graphql_errors_and_429(fake: FakePlain, runtime: Runtim
         Rejected, match=r"createNote: Invalid input \(customerId: Customer not in thread\)"
     ):
         sink.deliver(wrong_customer, ctx, sink.render_note(wrong_customer, ctx))
-    fake.fail(429)
+    fake.fail(fake.service, 429)
     with pytest.raises(RateLimited) as limited:
         sink.check()
     assert limited.value.retry_after == 1.0
