@@ -7,9 +7,10 @@ One service start serves the whole module (the variables point at the fakes as t
 says). Per system: a signed webhook yields exactly one note naming referrer, UTM source, visit
 count and last pages within 5 s; the same webhook again is answered 200 duplicate and adds no
 note; a bad signature is 401 and queues nothing; a conversation without the visitor field
-gets the short "no journey" note. Last, kill -9 of the workers holding the three note calls
+gets the short "no journey" note. Then kill -9 of the workers holding the three note calls
 (the fakes take the note at once and answer 4 s late) still leaves one note each: the
-redelivered task lists the notes, finds the marker and does not post again.
+redelivered task lists the notes, finds the marker and does not post again. Last, none of
+the secrets is in any log line (uvicorn's access log shows Crisp's ``?key=`` masked).
 
 The shared Redis is used in database ``REDIS_DB``: the kill test shortens the broker's
 visibility timeout to 10 s, and kombu restores every unacknowledged message of its database
@@ -18,6 +19,7 @@ that is older than its own timeout, so other suites' waiting tasks must not shar
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -29,6 +31,9 @@ import httpx
 import pytest
 import redis
 from fake_crisp import (
+    CRISP_HOOK_SECRET,
+    CRISP_IDENTIFIER,
+    CRISP_KEY,
     CRISP_WEBSITE_KEY,
     FakeCrisp,
     compact,
@@ -37,8 +42,21 @@ from fake_crisp import (
     plugin_hook_headers,
     set_data_hook,
 )
-from fake_freshdesk import FakeFreshdesk, new_ticket_id, rule_body, rule_headers
-from fake_plain import FakePlain, signed_headers, thread_created
+from fake_freshdesk import (
+    FRESHDESK_API_KEY,
+    FRESHDESK_WEBHOOK_TOKEN,
+    FakeFreshdesk,
+    new_ticket_id,
+    rule_body,
+    rule_headers,
+)
+from fake_plain import (
+    PLAIN_API_KEY,
+    PLAIN_WEBHOOK_SECRET,
+    FakePlain,
+    signed_headers,
+    thread_created,
+)
 from fakes import FakeUpstream, full_profile
 from faults_support import FaultService, pid_of_connection
 from harness import REDIS_HOST, REDIS_PORT, cleanup_redis, new_prefix, new_queue, wait_for
@@ -298,3 +316,26 @@ def test_kill9_between_the_note_call_and_its_record_leaves_one_note_each(
         notes = sent.notes()
         assert len(notes) == 1, (sent.system, notes)
         assert f"visitor-enrich:{sent.event_id}" in notes[0]
+
+
+def test_no_secret_in_the_logs(svc: FaultService) -> None:
+    """Every secret of the three systems, and the forms they travel in (Basic credentials,
+    Crisp's ?key= in the website hook's URL), is absent from the web and worker logs."""
+    logs = svc.logs()
+    assert f"?key={CRISP_WEBSITE_KEY}" not in logs
+    assert "POST /v1/webhooks/crisp?key=" in logs  # the request was logged, its key masked
+    needles = {
+        "FRESHDESK_API_KEY": FRESHDESK_API_KEY,
+        "Freshdesk Basic credentials": base64.b64encode(f"{FRESHDESK_API_KEY}:X".encode()).decode(),
+        "FRESHDESK_WEBHOOK_TOKEN": FRESHDESK_WEBHOOK_TOKEN,
+        "CRISP_KEY": CRISP_KEY,
+        "Crisp Basic credentials": base64.b64encode(
+            f"{CRISP_IDENTIFIER}:{CRISP_KEY}".encode()
+        ).decode(),
+        "CRISP_WEBHOOK_KEY (plugin secret)": CRISP_HOOK_SECRET,
+        "CRISP_WEBHOOK_KEY (website key)": CRISP_WEBSITE_KEY,
+        "PLAIN_API_KEY": PLAIN_API_KEY,
+        "PLAIN_WEBHOOK_SECRET": PLAIN_WEBHOOK_SECRET,
+    }
+    leaked = [name for name, value in needles.items() if value in logs]
+    assert not leaked, f"secrets in the logs: {leaked}"

@@ -112,3 +112,24 @@ def test_sentry_events_carry_no_secret_and_no_email() -> None:
             continue
         assert secret not in payload
     assert "agent@acme.test" not in payload
+
+
+def test_access_log_keeps_its_arguments_and_loses_the_key_in_the_url() -> None:
+    from uvicorn.logging import AccessFormatter
+
+    from worker.observability import ArgsScrubFilter
+
+    settings = load_settings(_env_file=None, crisp_webhook_key="plugin-secret-1,website-key-22")
+    assert {"plugin-secret-1", "website-key-22"} <= set(settings.secret_values())
+    record = logging.LogRecord(
+        "uvicorn.access",
+        logging.INFO,
+        __file__,
+        1,
+        '%s - "%s %s HTTP/%s" %d',
+        ("127.0.0.1:5000", "POST", "/v1/webhooks/crisp?key=website-key-22", "1.1", 200),
+        None,
+    )
+    assert ArgsScrubFilter(Scrubber(settings.secret_values())).filter(record)
+    line = AccessFormatter('%(client_addr)s - "%(request_line)s" %(status_code)s').format(record)
+    assert line == '127.0.0.1:5000 - "POST /v1/webhooks/crisp?key=[redacted] HTTP/1.1" 200 OK'

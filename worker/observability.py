@@ -98,6 +98,33 @@ def configure_logging(settings: Settings) -> None:
     logging.getLogger("httpcore").setLevel(logging.WARNING)
 
 
+class ArgsScrubFilter(logging.Filter):
+    """Scrubs a record's %-style arguments where they are, for a formatter that reads them
+    by position (uvicorn's access log: a request line with ``?key=`` in it, as Crisp's
+    website hooks are sent)."""
+
+    def __init__(self, scrubber: Scrubber) -> None:
+        super().__init__()
+        self.scrubber = scrubber
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(
+                self.scrubber.text(a) if isinstance(a, str) else a for a in record.args
+            )
+        if isinstance(record.msg, str):
+            record.msg = self.scrubber.text(record.msg)
+        return True
+
+
+def scrub_access_log(settings: Settings) -> None:
+    """Scrub secrets from uvicorn's access log lines (URLs may carry a webhook key)."""
+    access = logging.getLogger("uvicorn.access")
+    for existing in [f for f in access.filters if isinstance(f, ArgsScrubFilter)]:
+        access.removeFilter(existing)
+    access.addFilter(ArgsScrubFilter(Scrubber(settings.secret_values())))
+
+
 def scrub_logging_handlers(settings: Settings) -> None:
     """Add the scrub filter to every handler already installed (Celery's, uvicorn's)."""
     scrub = ScrubFilter(Scrubber(settings.secret_values()))

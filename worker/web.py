@@ -39,7 +39,7 @@ from worker.events import (
 from worker.inbound import Ignored, WebhookAdapter, WebhookRequest
 from worker.intake import ENRICH_EVENT_TASK, EventIntake
 from worker.integrations import build_webhooks
-from worker.observability import configure_logging, init_sentry
+from worker.observability import configure_logging, init_sentry, scrub_access_log
 from worker.runtime import Runtime, build_runtime, settle_garbage_collector
 from worker.signature import SignatureCheck, SignatureError, matches_any
 
@@ -399,6 +399,7 @@ EVENT_BODY_SCHEMA = InboundEvent.model_json_schema(by_alias=True)
 def create_app(settings: Settings | None = None, runtime: Runtime | None = None) -> FastAPI:
     settings = settings or get_settings()
     configure_logging(settings)
+    scrub_access_log(settings)
     init_sentry(settings, component="web")
     rt = runtime or build_runtime(settings)
     intake = EventIntake(rt.store, settings.redis_url, ENRICH_EVENT_TASK, settings.celery_queue)
