@@ -81,7 +81,8 @@ def rendered(value: Any) -> str | None:
 
 def _visitor_value(body: dict[str, Any], field: str) -> tuple[bool, str | None]:
     """(whether the body names the visitor field at all, its value when it has one)."""
-    names = {field, field.removeprefix("cf_"), "visitor_id", "datafast_visitor_id"}
+    # In this order: the first name that has a value wins.
+    names = dict.fromkeys((field, field.removeprefix("cf_"), "visitor_id", "datafast_visitor_id"))
     places = [
         body,
         body.get("custom_fields"),
