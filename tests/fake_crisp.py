@@ -20,11 +20,12 @@ import hmac
 import itertools
 import json
 import re
+import threading
 import time
 import uuid
 from typing import Any
 
-from helpdesk_fake import FakeHelpdesk, json_response
+from helpdesk_fakes import FakeSystem, json_response
 from werkzeug.wrappers import Request, Response
 
 CRISP_WEBSITE_ID = "42286ab3-b29a-4fde-8538-da0ae501d825"
@@ -95,17 +96,20 @@ def plugin_hook_headers(
     }
 
 
-class FakeCrisp(FakeHelpdesk):
-    service = "crisp"
+class FakeCrisp(FakeSystem):
+    """Served under ``/crisp`` by ``HelpdeskFake`` (tests/helpdesk_fakes.py)."""
+
+    name = "crisp"
 
     def __init__(self) -> None:
         super().__init__()
+        self._lock = threading.RLock()
         self.conversations: dict[str, dict[str, Any]] = {}
         self._fingerprints = itertools.count(160_000_000_000_000)
 
     def env(self) -> dict[str, str]:
         return {
-            "CRISP_BASE_URL": self.url,
+            "CRISP_BASE_URL": self.base_url,
             "CRISP_WEBSITE_ID": CRISP_WEBSITE_ID,
             "CRISP_IDENTIFIER": CRISP_IDENTIFIER,
             "CRISP_KEY": CRISP_KEY,
@@ -162,7 +166,7 @@ class FakeCrisp(FakeHelpdesk):
             {"error": True, "reason": reasons.get(status, "error"), "data": {}}
         ).encode()
 
-    def rate_limit_headers(self, status: int) -> dict[str, str]:
+    def rate_limit_headers(self, status: int = 429) -> dict[str, str]:
         return {"Retry-After": "1"}
 
     def _error(self, status: int, reason: str) -> Response:
@@ -173,6 +177,10 @@ class FakeCrisp(FakeHelpdesk):
         return json_response({"error": False, "reason": reason, "data": data})
 
     def handle(self, request: Request, route: str, body: Any) -> Response:
+        with self._lock:  # the test thread reads and sets up the same state
+            return self._answer(request, route, body)
+
+    def _answer(self, request: Request, route: str, body: Any) -> Response:
         expected = base64.b64encode(f"{CRISP_IDENTIFIER}:{CRISP_KEY}".encode()).decode()
         if request.headers.get("Authorization") != f"Basic {expected}":
             return self._error(401, "invalid_session")

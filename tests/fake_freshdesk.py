@@ -17,9 +17,10 @@ import html
 import itertools
 import json
 import re
+import threading
 from typing import Any
 
-from helpdesk_fake import FakeHelpdesk, json_response
+from helpdesk_fakes import FakeSystem, json_response
 from werkzeug.wrappers import Request, Response
 
 FRESHDESK_API_KEY = "fdKEYsupportB9xQ2wL7"
@@ -55,11 +56,14 @@ def _text(markup: str) -> str:
     return " ".join(html.unescape(re.sub(r"<[^>]+>", " ", markup)).split())
 
 
-class FakeFreshdesk(FakeHelpdesk):
-    service = "freshdesk"
+class FakeFreshdesk(FakeSystem):
+    """Served under ``/freshdesk`` by ``HelpdeskFake`` (tests/helpdesk_fakes.py)."""
+
+    name = "freshdesk"
 
     def __init__(self, api_key: str = FRESHDESK_API_KEY) -> None:
         super().__init__()
+        self._lock = threading.RLock()
         self.api_key = api_key
         self.tickets: dict[str, dict[str, Any]] = {}
         self.conversations: dict[str, list[dict[str, Any]]] = {}
@@ -67,7 +71,7 @@ class FakeFreshdesk(FakeHelpdesk):
 
     def env(self) -> dict[str, str]:
         return {
-            "FRESHDESK_BASE_URL": self.url,
+            "FRESHDESK_BASE_URL": self.base_url,
             "FRESHDESK_API_KEY": self.api_key,
             "FRESHDESK_WEBHOOK_TOKEN": FRESHDESK_WEBHOOK_TOKEN,
         }
@@ -100,7 +104,7 @@ class FakeFreshdesk(FakeHelpdesk):
         code, message = messages.get(status, ("error", "Something went wrong"))
         return json.dumps({"code": code, "message": message}).encode()
 
-    def rate_limit_headers(self, status: int) -> dict[str, str]:
+    def rate_limit_headers(self, status: int = 429) -> dict[str, str]:
         return {
             "Retry-After": "1",
             "X-Ratelimit-Total": str(RATE_TOTAL),
@@ -120,6 +124,10 @@ class FakeFreshdesk(FakeHelpdesk):
         return Response(self.error_body(status), status=status, content_type="application/json")
 
     def handle(self, request: Request, route: str, body: Any) -> Response:
+        with self._lock:  # the test thread reads and sets up the same state
+            return self._answer(request, route, body)
+
+    def _answer(self, request: Request, route: str, body: Any) -> Response:
         expected = base64.b64encode(f"{self.api_key}:X".encode()).decode()
         if request.headers.get("Authorization") != f"Basic {expected}":
             return self._error(401)

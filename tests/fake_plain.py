@@ -18,11 +18,12 @@ import hashlib
 import hmac
 import itertools
 import json
+import threading
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from helpdesk_fake import FakeHelpdesk, json_response
+from helpdesk_fakes import FakeSystem, json_response
 from werkzeug.wrappers import Request, Response
 
 PLAIN_API_KEY = "plainApiKey_supportB_Xk29dLq"
@@ -131,17 +132,20 @@ def _gql_error(message: str, code: str, status: int) -> Response:
     return json_response({"errors": [{"message": message, "extensions": {"code": code}}]}, status)
 
 
-class FakePlain(FakeHelpdesk):
-    service = "plain"
+class FakePlain(FakeSystem):
+    """Served under ``/plain`` by ``HelpdeskFake`` (tests/helpdesk_fakes.py)."""
+
+    name = "plain"
 
     def __init__(self) -> None:
         super().__init__()
+        self._lock = threading.RLock()
         self.threads: dict[str, dict[str, Any]] = {}
         self._notes = itertools.count(1)
 
     def env(self) -> dict[str, str]:
         return {
-            "PLAIN_BASE_URL": self.url,
+            "PLAIN_BASE_URL": self.base_url,
             "PLAIN_API_KEY": PLAIN_API_KEY,
             "PLAIN_WEBHOOK_SECRET": PLAIN_WEBHOOK_SECRET,
         }
@@ -175,7 +179,14 @@ class FakePlain(FakeHelpdesk):
             {"errors": [{"message": f"HTTP {status}", "extensions": {"code": code}}]}
         ).encode()
 
+    def rate_limit_headers(self, status: int = 429) -> dict[str, str]:
+        return {"Retry-After": "1"}
+
     def handle(self, request: Request, route: str, body: Any) -> Response:
+        with self._lock:  # the test thread reads and sets up the same state
+            return self._answer(request, route, body)
+
+    def _answer(self, request: Request, route: str, body: Any) -> Response:
         if request.headers.get("Authorization") != f"Bearer {PLAIN_API_KEY}":
             return _gql_error("Authentication failed", "unauthorized", 401)
         if route != "/graphql/v1" or request.method != "POST":

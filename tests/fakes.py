@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Self
+from typing import Any
 
 from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
@@ -129,34 +129,42 @@ def _is_uuid(value: str) -> bool:
     return True
 
 
-@dataclass(frozen=True)
-class InFlight:
-    """A request a fake has received and not answered yet."""
+class FakeUpstream:
+    """The fake server. Use as a context manager, or ``start()`` / ``stop()``."""
 
-    method: str
-    path: str
-    client_port: int
-    since: float
-
-
-class LoopbackServer:
-    """A fake's WSGI app (``_wsgi``) served on a free loopback port in a thread. Use as a
-    context manager, or ``start()`` / ``stop()``.
-
-    It knows which requests it is still answering (``in_flight``), with the client's port, so
-    a test can find the worker process waiting on one (tests/faults_support.py
-    ``pid_of_connection``) and kill it.
-    """
-
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        *,
+        datafast_key: str = DATAFAST_KEY,
+        datafast_website_id: str | None = None,
+        hubspot_token: str = HUBSPOT_TOKEN,
+        zendesk_email: str = ZENDESK_EMAIL,
+        zendesk_token: str = ZENDESK_TOKEN,
+    ) -> None:
+        self.datafast_key = datafast_key
+        self.datafast_website_id = datafast_website_id
+        self.hubspot_token = hubspot_token
+        self.zendesk_email = zendesk_email
+        self.zendesk_token = zendesk_token
+        self._lock = threading.RLock()
+        self._ids = itertools.count(1001)
+        self.requests: list[Recorded] = []
+        self.rules: list[Rule] = []
+        self.visitors: dict[str, dict[str, Any]] = {}
+        self.contacts: dict[str, dict[str, Any]] = {}  # id -> HubSpot object
+        self.notes: dict[str, dict[str, Any]] = {}  # id -> HubSpot object with associations
+        self.contact_properties: set[str] = set(HUBSPOT_DEFAULT_PROPERTIES)
+        self.property_groups: set[str] = set()
+        self.tickets: dict[str, list[dict[str, Any]]] = {}  # ticket id -> comments
+        self.slack: list[dict[str, Any]] = []
         self._server: Any = None
         self._thread: threading.Thread | None = None
-        self._flights: dict[int, InFlight] = {}
-        self._flights_lock = threading.Lock()
 
-    def start(self) -> Self:
+    # Lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> FakeUpstream:
         logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request is noise
-        self._server = make_server("127.0.0.1", 0, self._serve, threaded=True)
+        self._server = make_server("127.0.0.1", 0, self._wsgi, threaded=True)
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
         return self
@@ -167,7 +175,7 @@ class LoopbackServer:
             self._server.server_close()
             self._server = None
 
-    def __enter__(self) -> Self:
+    def __enter__(self) -> FakeUpstream:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -181,40 +189,24 @@ class LoopbackServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def in_flight(self) -> list[InFlight]:
-        with self._flights_lock:
-            return list(self._flights.values())
+    def base_url(self, service: str) -> str:
+        if service == "slack":
+            return f"{self.url}{SLACK_HOOK_PATH}"
+        return f"{self.url}/{service}"
 
-    def _serve(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
-        ident = threading.get_ident()
-        entry = InFlight(
-            method=str(environ.get("REQUEST_METHOD")),
-            path=str(environ.get("PATH_INFO")),
-            client_port=int(environ.get("REMOTE_PORT") or 0),
-            since=time.monotonic(),
-        )
-        with self._flights_lock:
-            self._flights[ident] = entry
-        try:
-            return self._wsgi(environ, start_response)
-        finally:
-            with self._flights_lock:
-                self._flights.pop(ident, None)
-
-    def _wsgi(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
-        raise NotImplementedError
-
-
-class ScriptedServer(LoopbackServer):
-    """A ``LoopbackServer`` that records every request and answers scripted failures and
-    delays (``fail``, ``delay``) before a subclass's real behaviour (``_dispatch``), for one
-    or several services (``_locate`` says which from the path)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._lock = threading.RLock()
-        self.requests: list[Recorded] = []
-        self.rules: list[Rule] = []
+    def env(self) -> dict[str, str]:
+        """Environment variables pointing the service at this fake, with its credentials."""
+        return {
+            "DATAFAST_API_KEY": self.datafast_key,
+            "DATAFAST_WEBSITE_ID": self.datafast_website_id or "",
+            "DATAFAST_BASE_URL": self.base_url("datafast"),
+            "HUBSPOT_TOKEN": self.hubspot_token,
+            "HUBSPOT_BASE_URL": self.base_url("hubspot"),
+            "ZENDESK_BASE_URL": self.base_url("zendesk"),
+            "ZENDESK_EMAIL": self.zendesk_email,
+            "ZENDESK_API_TOKEN": self.zendesk_token,
+            "SLACK_WEBHOOK_URL": self.base_url("slack"),
+        }
 
     # Scripting ---------------------------------------------------------------------------
 
@@ -273,142 +265,6 @@ class ScriptedServer(LoopbackServer):
             self.rules.append(rule)
         return rule
 
-    # Reading -----------------------------------------------------------------------------
-
-    def requests_to(
-        self,
-        service: str,
-        *,
-        method: str | None = None,
-        contains: str | None = None,
-        route: str | None = None,
-    ) -> list[Recorded]:
-        """Recorded requests to ``service``, optionally by method, route prefix, or text in
-        the path or body."""
-        with self._lock:
-            found = [r for r in self.requests if r.service == service]
-        if method:
-            found = [r for r in found if r.method == method.upper()]
-        if route:
-            found = [r for r in found if r.route.startswith(route)]
-        if contains:
-            found = [r for r in found if contains in r.path or contains in r.text]
-        return found
-
-    # WSGI --------------------------------------------------------------------------------
-
-    def _wsgi(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
-        request = Request(environ)
-        response = self._handle(request)
-        return response(environ, start_response)
-
-    def _handle(self, request: Request) -> Response:
-        path = request.path
-        body = request.get_data(cache=True)
-        service, route = self._locate(path)
-        try:
-            parsed = json.loads(body) if body else None
-        except ValueError:
-            parsed = None
-        record = Recorded(
-            service=service,
-            method=request.method,
-            path=path,
-            route=route,
-            query=dict(request.args),
-            headers={k.lower(): v for k, v in request.headers.items()},
-            body=body,
-            json=parsed,
-            mono=time.monotonic(),
-            wall=time.time(),
-        )
-        with self._lock:
-            self.requests.append(record)
-            rule = next(
-                (r for r in self.rules if r.matches(service, request.method, path, body)), None
-            )
-            if rule is not None and rule.times is not None:
-                rule.times -= 1
-        if rule is not None and rule.status is not None:
-            response = self._scripted(service, rule)
-        else:
-            response = self._dispatch(service, request, route, parsed, body)
-        if rule is not None and rule.delay:
-            time.sleep(rule.delay)
-        record.status = response.status_code
-        return response
-
-    def _locate(self, path: str) -> tuple[str, str]:
-        """(the service a request is for, the path after that service's prefix)."""
-        raise NotImplementedError
-
-    def _dispatch(
-        self, service: str, request: Request, route: str, parsed: Any, body: bytes
-    ) -> Response:
-        """The service's real answer to a request no rule scripted."""
-        raise NotImplementedError
-
-    def _scripted(self, service: str, rule: Rule) -> Response:
-        """A scripted status: the rule's body, else the service's own error envelope."""
-        assert rule.status is not None
-        body = rule.body if rule.body is not None else self._error_body(service, rule.status)
-        return Response(
-            body,
-            status=rule.status,
-            headers=rule.headers,
-            content_type=rule.content_type or "application/json",
-        )
-
-    def _error_body(self, service: str, status: int) -> bytes:
-        return json.dumps({"message": f"error {status}"}).encode()
-
-
-class FakeUpstream(ScriptedServer):
-    """The fake server. Use as a context manager, or ``start()`` / ``stop()``."""
-
-    def __init__(
-        self,
-        *,
-        datafast_key: str = DATAFAST_KEY,
-        datafast_website_id: str | None = None,
-        hubspot_token: str = HUBSPOT_TOKEN,
-        zendesk_email: str = ZENDESK_EMAIL,
-        zendesk_token: str = ZENDESK_TOKEN,
-    ) -> None:
-        super().__init__()
-        self.datafast_key = datafast_key
-        self.datafast_website_id = datafast_website_id
-        self.hubspot_token = hubspot_token
-        self.zendesk_email = zendesk_email
-        self.zendesk_token = zendesk_token
-        self._ids = itertools.count(1001)
-        self.visitors: dict[str, dict[str, Any]] = {}
-        self.contacts: dict[str, dict[str, Any]] = {}  # id -> HubSpot object
-        self.notes: dict[str, dict[str, Any]] = {}  # id -> HubSpot object with associations
-        self.contact_properties: set[str] = set(HUBSPOT_DEFAULT_PROPERTIES)
-        self.property_groups: set[str] = set()
-        self.tickets: dict[str, list[dict[str, Any]]] = {}  # ticket id -> comments
-        self.slack: list[dict[str, Any]] = []
-
-    def base_url(self, service: str) -> str:
-        if service == "slack":
-            return f"{self.url}{SLACK_HOOK_PATH}"
-        return f"{self.url}/{service}"
-
-    def env(self) -> dict[str, str]:
-        """Environment variables pointing the service at this fake, with its credentials."""
-        return {
-            "DATAFAST_API_KEY": self.datafast_key,
-            "DATAFAST_WEBSITE_ID": self.datafast_website_id or "",
-            "DATAFAST_BASE_URL": self.base_url("datafast"),
-            "HUBSPOT_TOKEN": self.hubspot_token,
-            "HUBSPOT_BASE_URL": self.base_url("hubspot"),
-            "ZENDESK_BASE_URL": self.base_url("zendesk"),
-            "ZENDESK_EMAIL": self.zendesk_email,
-            "ZENDESK_API_TOKEN": self.zendesk_token,
-            "SLACK_WEBHOOK_URL": self.base_url("slack"),
-        }
-
     # State set-up ------------------------------------------------------------------------
 
     def add_visitor(self, profile: dict[str, Any]) -> str:
@@ -435,6 +291,26 @@ class FakeUpstream(ScriptedServer):
                 comments.append(self._comment(description, None, public=True, author=1))
 
     # Reading -----------------------------------------------------------------------------
+
+    def requests_to(
+        self,
+        service: str,
+        *,
+        method: str | None = None,
+        contains: str | None = None,
+        route: str | None = None,
+    ) -> list[Recorded]:
+        """Recorded requests to ``service``, optionally by method, route prefix, or text in
+        the path or body."""
+        with self._lock:
+            found = [r for r in self.requests if r.service == service]
+        if method:
+            found = [r for r in found if r.method == method.upper()]
+        if route:
+            found = [r for r in found if r.route.startswith(route)]
+        if contains:
+            found = [r for r in found if contains in r.path or contains in r.text]
+        return found
 
     def zendesk_comments(self, ticket_id: str) -> list[dict[str, Any]]:
         with self._lock:
@@ -463,23 +339,62 @@ class FakeUpstream(ScriptedServer):
 
     # WSGI --------------------------------------------------------------------------------
 
-    def _locate(self, path: str) -> tuple[str, str]:
-        service = path.strip("/").split("/", 1)[0]
-        return service, path[len(service) + 1 :] if service in SERVICES else path
+    def _wsgi(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        request = Request(environ)
+        response = self._handle(request)
+        return response(environ, start_response)
 
-    def _dispatch(
-        self, service: str, request: Request, route: str, parsed: Any, body: bytes
-    ) -> Response:
-        handler = {
+    def _handle(self, request: Request) -> Response:
+        path = request.path
+        body = request.get_data(cache=True)
+        service = path.strip("/").split("/", 1)[0]
+        handlers = self._handlers()
+        route = path[len(service) + 1 :] if service in handlers else path
+        try:
+            parsed = json.loads(body) if body else None
+        except ValueError:
+            parsed = None
+        record = Recorded(
+            service=service,
+            method=request.method,
+            path=path,
+            route=route,
+            query=dict(request.args),
+            headers={k.lower(): v for k, v in request.headers.items()},
+            body=body,
+            json=parsed,
+            mono=time.monotonic(),
+            wall=time.time(),
+        )
+        with self._lock:
+            self.requests.append(record)
+            rule = next(
+                (r for r in self.rules if r.matches(service, request.method, path, body)), None
+            )
+            if rule is not None and rule.times is not None:
+                rule.times -= 1
+        if rule is not None and rule.status is not None:
+            response = self._scripted(service, rule)
+        else:
+            handler = handlers.get(service)
+            if handler is None:
+                response = Response("no such service", status=404)
+            else:
+                with self._lock:
+                    response = handler(request, route, parsed, body)
+        if rule is not None and rule.delay:
+            time.sleep(rule.delay)
+        record.status = response.status_code
+        return response
+
+    def _handlers(self) -> dict[str, Callable[[Request, str, Any, bytes], Response]]:
+        """The services this fake plays, by path prefix (a subclass adds its own)."""
+        return {
             "datafast": self._datafast,
             "hubspot": self._hubspot,
             "zendesk": self._zendesk,
             "slack": self._slack,
-        }.get(service)
-        if handler is None:
-            return Response("no such service", status=404)
-        with self._lock:
-            return handler(request, route, parsed, body)
+        }
 
     def _scripted(self, service: str, rule: Rule) -> Response:
         assert rule.status is not None
@@ -491,7 +406,8 @@ class FakeUpstream(ScriptedServer):
                 content_type = "text/html"
         return Response(body, status=rule.status, headers=rule.headers, content_type=content_type)
 
-    def _error_body(self, service: str, status: int) -> bytes:
+    @staticmethod
+    def _error_body(service: str, status: int) -> bytes:
         messages = {
             400: "Bad request",
             401: "Invalid or missing API key",

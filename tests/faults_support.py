@@ -123,6 +123,16 @@ class QuotaRule(Rule):
         return False
 
 
+@dataclass(frozen=True)
+class InFlight:
+    """A request the fake has received and not answered yet."""
+
+    method: str
+    path: str
+    client_port: int
+    since: float
+
+
 class FaultyUpstream(FakeUpstream):
     def __init__(self, **kwargs: Any) -> None:
         kwargs.setdefault("datafast_key", DATAFAST_KEY)
@@ -132,6 +142,7 @@ class FaultyUpstream(FakeUpstream):
         super().__init__(**kwargs)
         self.requests = _RecordingList()
         self._answered: dict[int, float] = {}
+        self._in_flight: dict[int, InFlight] = {}
 
     # Where things are ----------------------------------------------------------------------
 
@@ -144,6 +155,10 @@ class FaultyUpstream(FakeUpstream):
         """time.monotonic() when the fake finished building its answer to ``record``."""
         with self._lock:
             return self._answered.get(id(record))
+
+    def in_flight(self) -> list[InFlight]:
+        with self._lock:
+            return list(self._in_flight.values())
 
     # More scripting ------------------------------------------------------------------------
 
@@ -208,7 +223,20 @@ class FaultyUpstream(FakeUpstream):
 
     def _wsgi(self, environ: dict[str, Any], start_response: Any) -> Any:
         _local.environ = environ
-        return super()._wsgi(environ, start_response)
+        ident = threading.get_ident()
+        entry = InFlight(
+            method=str(environ.get("REQUEST_METHOD")),
+            path=str(environ.get("PATH_INFO")),
+            client_port=int(environ.get("REMOTE_PORT") or 0),
+            since=time.monotonic(),
+        )
+        with self._lock:
+            self._in_flight[ident] = entry
+        try:
+            return super()._wsgi(environ, start_response)
+        finally:
+            with self._lock:
+                self._in_flight.pop(ident, None)
 
     def _handle(self, request: Request) -> Response:
         _local.record = None

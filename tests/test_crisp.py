@@ -25,8 +25,9 @@ from fake_crisp import (
 )
 from fastapi.testclient import TestClient
 from harness import queue_length
-from helpdesk_fake import fake_runtime, fake_settings, fake_web
+from helpdesk_fakes import HelpdeskFake, helpdesk_runtime, helpdesk_web
 
+from config import load_settings
 from worker.errors import RateLimited, Rejected
 from worker.events import Event, EventRejected
 from worker.inbound import Ignored, WebhookRequest
@@ -43,7 +44,8 @@ HOOK_ENV = {
 
 
 def settings(**overrides: Any) -> Any:
-    return fake_settings(HOOK_ENV, **overrides)
+    values = {k.lower(): v for k, v in HOOK_ENV.items()}
+    return load_settings(_env_file=None, **{**values, **overrides})
 
 
 # Mapping ----------------------------------------------------------------------------------
@@ -148,7 +150,9 @@ def test_plugin_hook_timestamp_tolerance() -> None:
         CrispWebhook(settings()).verify(_request(compact(payload), no_stamp))
 
 
-def test_website_hook_key_in_the_url() -> None:
+def test_website_hook_key_in_the_url(
+    server: HelpdeskFake,
+) -> None:
     adapter = CrispWebhook(settings())
     body = compact(message_hook(new_session_id()))
     adapter.verify(_request(body, {}, {"key": CRISP_WEBSITE_KEY}))
@@ -161,14 +165,20 @@ def test_website_hook_key_in_the_url() -> None:
 
 
 @pytest.fixture
-def fake() -> Iterator[FakeCrisp]:
-    with FakeCrisp() as server:
-        yield server
+def server() -> Iterator[HelpdeskFake]:
+    with HelpdeskFake(FakeCrisp()) as helpdesks:
+        yield helpdesks
 
 
 @pytest.fixture
-def runtime(fake: FakeCrisp, key_prefix: str) -> Iterator[Runtime]:
-    with fake_runtime(fake.env(), key_prefix) as rt:
+def fake(server: HelpdeskFake) -> FakeCrisp:
+    found: FakeCrisp = server.system(FakeCrisp.name)
+    return found
+
+
+@pytest.fixture
+def runtime(server: HelpdeskFake, key_prefix: str) -> Iterator[Runtime]:
+    with helpdesk_runtime(server, key_prefix) as rt:
         yield rt
 
 
@@ -178,7 +188,9 @@ def _sink(rt: Runtime) -> CrispSink:
     return sink
 
 
-def test_note_in_the_conversation_and_found_again(fake: FakeCrisp, runtime: Runtime) -> None:
+def test_note_in_the_conversation_and_found_again(
+    server: HelpdeskFake, fake: FakeCrisp, runtime: Runtime
+) -> None:
     session = new_session_id()
     fake.add_conversation(session, messages=3)
     sink = _sink(runtime)
@@ -201,9 +213,9 @@ def test_note_in_the_conversation_and_found_again(fake: FakeCrisp, runtime: Runt
             }
         )
     assert sink.already_delivered(event) is True
-    listing = fake.requests_to(fake.service, method="GET", contains="/messages")
+    listing = server.requests_to(fake.name, method="GET", contains="/messages")
     assert any("timestamp_before" in r.query for r in listing)
-    post = fake.requests_to(fake.service, method="POST")[0]
+    post = server.requests_to(fake.name, method="POST")[0]
     assert post.json == {
         "type": "note",
         "from": "operator",
@@ -241,14 +253,14 @@ def test_lookup_reads_the_session_data(fake: FakeCrisp, runtime: Runtime) -> Non
 
 @pytest.mark.parametrize("status", [429, 420])
 def test_rate_limited_answers_pause_every_worker(
-    fake: FakeCrisp, runtime: Runtime, status: int
+    server: HelpdeskFake, fake: FakeCrisp, runtime: Runtime, status: int
 ) -> None:
     session = new_session_id()
     fake.add_conversation(session)
     sink = _sink(runtime)
     event = Event(id="e", type="livechat", ticket_id=session, inbound="crisp")
     ctx = JourneyContext.not_found("DataFast", "", "x")
-    fake.fail(fake.service, status, method="POST")
+    server.fail(fake.name, status, headers=fake.rate_limit_headers(status), method="POST")
     with pytest.raises(RateLimited, match="rate_limited"):
         sink.deliver(event, ctx, sink.render_note(event, ctx))
     assert runtime.limiter.paused_for("crisp") > 0
@@ -271,8 +283,8 @@ def test_crisp_error_envelope_and_check(fake: FakeCrisp, runtime: Runtime) -> No
 
 
 @pytest.fixture
-def web(isolation: tuple[str, str]) -> Iterator[TestClient]:
-    with fake_web(HOOK_ENV, isolation) as client:
+def web(server: HelpdeskFake, isolation: tuple[str, str]) -> Iterator[TestClient]:
+    with helpdesk_web(server, isolation) as client:
         yield client
 
 

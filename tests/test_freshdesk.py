@@ -18,12 +18,13 @@ from fake_freshdesk import (
     rule_body,
     rule_headers,
 )
-from fakes import full_profile, running_fake
+from fakes import full_profile
 from fastapi.testclient import TestClient
 from harness import queue_length
-from helpdesk_fake import fake_runtime, fake_settings, fake_web
+from helpdesk_fakes import HelpdeskFake, helpdesk_runtime, helpdesk_web
 from pydantic import SecretStr
 
+from config import load_settings
 from worker.errors import AuthFailed, RateLimited, Rejected
 from worker.events import Event, EventRejected
 from worker.inbound import WebhookRequest
@@ -38,7 +39,8 @@ SETTINGS_ENV = {"FRESHDESK_WEBHOOK_TOKEN": FRESHDESK_WEBHOOK_TOKEN}
 
 
 def settings(**overrides: Any) -> Any:
-    return fake_settings(SETTINGS_ENV, **overrides)
+    values = {k.lower(): v for k, v in SETTINGS_ENV.items()}
+    return load_settings(_env_file=None, **{**values, **overrides})
 
 
 # The webhook ------------------------------------------------------------------------------
@@ -116,7 +118,9 @@ def _request(token: str | None) -> WebhookRequest:
     return WebhookRequest(method="POST", url="/v1/webhooks/freshdesk", body=b"{}", headers=headers)
 
 
-def test_token_is_checked_and_may_be_rotated() -> None:
+def test_token_is_checked_and_may_be_rotated(
+    server: HelpdeskFake,
+) -> None:
     adapter = FreshdeskWebhook(
         settings(freshdesk_webhook_token=f"old-token,{FRESHDESK_WEBHOOK_TOKEN}")
     )
@@ -131,14 +135,20 @@ def test_token_is_checked_and_may_be_rotated() -> None:
 
 
 @pytest.fixture
-def fake() -> Iterator[FakeFreshdesk]:
-    with FakeFreshdesk() as server:
-        yield server
+def server() -> Iterator[HelpdeskFake]:
+    with HelpdeskFake(FakeFreshdesk()) as helpdesks:
+        yield helpdesks
 
 
 @pytest.fixture
-def runtime(fake: FakeFreshdesk, key_prefix: str) -> Iterator[Runtime]:
-    with fake_runtime(fake.env(), key_prefix) as rt:
+def fake(server: HelpdeskFake) -> FakeFreshdesk:
+    found: FakeFreshdesk = server.system(FakeFreshdesk.name)
+    return found
+
+
+@pytest.fixture
+def runtime(server: HelpdeskFake, key_prefix: str) -> Iterator[Runtime]:
+    with helpdesk_runtime(server, key_prefix) as rt:
         yield rt
 
 
@@ -149,7 +159,7 @@ def _sink(rt: Runtime) -> FreshdeskSink:
 
 
 def test_note_is_private_html_and_found_again_by_its_marker(
-    fake: FakeFreshdesk, runtime: Runtime
+    server: HelpdeskFake, fake: FakeFreshdesk, runtime: Runtime
 ) -> None:
     ticket = new_ticket_id()
     fake.add_ticket(ticket)
@@ -172,12 +182,12 @@ def test_note_is_private_html_and_found_again_by_its_marker(
     assert sink.already_delivered(event) is True
     pages = [
         r.query["page"]
-        for r in fake.requests_to(
-            fake.service, method="GET", route=f"/api/v2/tickets/{ticket}/conversations"
+        for r in server.requests_to(
+            fake.name, method="GET", route=f"/api/v2/tickets/{ticket}/conversations"
         )
     ]
     assert pages == ["1", "2", "1", "2"]  # both looks read past the first 100
-    post = fake.requests_to(fake.service, method="POST")[0]
+    post = server.requests_to(fake.name, method="POST")[0]
     assert post.json == {"body": note["body"], "private": True}
 
 
@@ -192,7 +202,9 @@ def test_other_systems_tickets_are_skipped(runtime: Runtime) -> None:
     )
 
 
-def test_lookup_reads_the_custom_field_and_requester(fake: FakeFreshdesk, runtime: Runtime) -> None:
+def test_lookup_reads_the_custom_field_and_requester(
+    server: HelpdeskFake, fake: FakeFreshdesk, runtime: Runtime
+) -> None:
     with_id, without = new_ticket_id(), new_ticket_id()
     fake.add_ticket(with_id, VISITOR, email="grace@example.com")
     fake.add_ticket(without)
@@ -206,7 +218,7 @@ def test_lookup_reads_the_custom_field_and_requester(fake: FakeFreshdesk, runtim
         "grace@example.com",
         "Ada Lovelace",
     )
-    assert fake.requests_to(fake.service, route=f"/api/v2/tickets/{with_id}")[0].query == {
+    assert server.requests_to(fake.name, route=f"/api/v2/tickets/{with_id}")[0].query == {
         "include": "requester"
     }
     missing = sink.complete_event(
@@ -220,34 +232,27 @@ def test_lookup_reads_the_custom_field_and_requester(fake: FakeFreshdesk, runtim
 
 
 def test_fetch_context_with_the_lookup_reaches_the_source(
-    fake: FakeFreshdesk, key_prefix: str
+    server: HelpdeskFake, fake: FakeFreshdesk, runtime: Runtime
 ) -> None:
-    with running_fake() as upstream:
-        visitor = upstream.add_visitor(full_profile())
-        ticket = new_ticket_id()
-        fake.add_ticket(ticket, visitor)
-        env = {
-            **fake.env(),
-            **{k: v for k, v in upstream.env().items() if k.startswith("DATAFAST")},
-        }
-        with fake_runtime(env, key_prefix) as rt:
-            event = Event(
-                id=f"freshdesk:{ticket}",
-                type="support_ticket",
-                ticket_id=ticket,
-                lookup="freshdesk",
-            )
-            context = fetch_context(rt, event)
+    visitor = server.add_visitor(full_profile())
+    ticket = new_ticket_id()
+    fake.add_ticket(ticket, visitor)
+    event = Event(
+        id=f"freshdesk:{ticket}", type="support_ticket", ticket_id=ticket, lookup="freshdesk"
+    )
+    context = fetch_context(runtime, event)
     assert context.found and context.visitor_id == visitor
 
 
-def test_errors_and_429_with_freshdesks_headers(fake: FakeFreshdesk, runtime: Runtime) -> None:
+def test_errors_and_429_with_freshdesks_headers(
+    server: HelpdeskFake, fake: FakeFreshdesk, runtime: Runtime
+) -> None:
     ticket = new_ticket_id()
     fake.add_ticket(ticket)
     sink = _sink(runtime)
     event = Event(id="e", type="support_ticket", ticket_id=ticket, inbound="freshdesk")
     ctx = JourneyContext.not_found("DataFast", "", "x")
-    fake.fail(fake.service, 429, method="POST")
+    server.fail(fake.name, 429, headers=fake.rate_limit_headers(429), method="POST")
     with pytest.raises(RateLimited) as limited:
         sink.deliver(event, ctx, sink.render_note(event, ctx))
     assert limited.value.retry_after == 1.0 and "exceeded the limit" in str(limited.value)
@@ -270,8 +275,8 @@ def test_errors_and_429_with_freshdesks_headers(fake: FakeFreshdesk, runtime: Ru
 
 
 @pytest.fixture
-def web(isolation: tuple[str, str]) -> Iterator[TestClient]:
-    with fake_web(SETTINGS_ENV, isolation) as client:
+def web(server: HelpdeskFake, isolation: tuple[str, str]) -> Iterator[TestClient]:
+    with helpdesk_web(server, isolation) as client:
         yield client
 
 

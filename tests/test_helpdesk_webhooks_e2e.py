@@ -1,14 +1,14 @@
 """Freshdesk, Crisp and Plain end to end: each vendor's own webhook, signed its own way, into
 the real web process (uvicorn) and real Celery worker processes, and the internal note out at
-each vendor's fake (tests/fake_freshdesk.py, fake_crisp.py, fake_plain.py), with DataFast
-played by tests/fakes.py.
+each vendor's fake (tests/fake_freshdesk.py, fake_crisp.py, fake_plain.py), served with
+DataFast on one loopback server by ``HelpdeskFake`` (tests/helpdesk_fakes.py).
 
 One service start serves the whole module (the variables point at the fakes as the README
 says). Per system: a signed webhook yields exactly one note naming referrer, UTM source, visit
 count and last pages within 5 s; the same webhook again is answered 200 duplicate and adds no
 note; a bad signature is 401 and queues nothing; a conversation without the visitor field
 gets the short "no journey" note. Then kill -9 of the workers holding the three note calls
-(the fakes take the note at once and answer 4 s late) still leaves one note each: the
+(the fake takes each note at once and answers 4 s late) still leaves one note each: the
 redelivered task lists the notes, finds the marker and does not post again. Last, none of
 the secrets is in any log line (uvicorn's access log shows Crisp's ``?key=`` masked).
 
@@ -57,9 +57,10 @@ from fake_plain import (
     signed_headers,
     thread_created,
 )
-from fakes import FakeUpstream, full_profile
+from fakes import full_profile
 from faults_support import FaultService, pid_of_connection
 from harness import REDIS_HOST, REDIS_PORT, cleanup_redis, new_prefix, new_queue, wait_for
+from helpdesk_fakes import HelpdeskFake
 
 pytestmark = pytest.mark.e2e
 
@@ -72,7 +73,8 @@ JOURNEY_FACTS = ("news.ycombinator.com", "hn-launch-week", "17", "/pricing", "/p
 
 @dataclass
 class Fakes:
-    datafast: FakeUpstream
+    # DataFast and the three systems on one loopback server (tests/helpdesk_fakes.py).
+    server: HelpdeskFake
     freshdesk: FakeFreshdesk
     crisp: FakeCrisp
     plain: FakePlain
@@ -98,13 +100,9 @@ class Sent:
 
 @pytest.fixture(scope="module")
 def fakes() -> Iterator[Fakes]:
-    with (
-        FakeUpstream() as datafast,
-        FakeFreshdesk() as fd,
-        FakeCrisp() as crisp,
-        FakePlain() as plain,
-    ):
-        yield Fakes(datafast, fd, crisp, plain)
+    fd, crisp, plain = FakeFreshdesk(), FakeCrisp(), FakePlain()
+    with HelpdeskFake(fd, crisp, plain) as server:
+        yield Fakes(server, fd, crisp, plain)
 
 
 @pytest.fixture(scope="module")
@@ -116,10 +114,12 @@ def svc(
         "REDIS_URL": REDIS_URL,
         "REDIS_KEY_PREFIX": new_prefix(),
         "CELERY_QUEUE": new_queue(),
-        **{k: v for k, v in fakes.datafast.env().items() if k.startswith("DATAFAST")},
-        **fakes.freshdesk.env(),
-        **fakes.crisp.env(),
-        **fakes.plain.env(),
+        # DataFast and the three systems only (not the shared fake's HubSpot, Zendesk, Slack).
+        **{
+            k: v
+            for k, v in fakes.server.env().items()
+            if not k.startswith(("HUBSPOT", "ZENDESK", "SLACK"))
+        },
         "BROKER_VISIBILITY_TIMEOUT": "10",
         "HTTP_READ_TIMEOUT": "10",
         "RETRY_BACKOFF_BASE": "0.2",
@@ -205,7 +205,7 @@ def badly_signed(sent: Sent) -> Sent:
 def test_signed_webhook_yields_one_note_with_the_journey_and_a_replay_is_a_duplicate(
     system: str, svc: FaultService, fakes: Fakes
 ) -> None:
-    visitor = fakes.datafast.add_visitor(full_profile())
+    visitor = fakes.server.add_visitor(full_profile())
     sent = HOOKS[system](fakes, visitor)
     started = time.monotonic()
     first = sent.post(svc)
@@ -229,7 +229,7 @@ def test_signed_webhook_yields_one_note_with_the_journey_and_a_replay_is_a_dupli
 def test_bad_signature_is_401_and_queues_nothing(
     system: str, svc: FaultService, fakes: Fakes
 ) -> None:
-    visitor = fakes.datafast.add_visitor(full_profile())
+    visitor = fakes.server.add_visitor(full_profile())
     sent = badly_signed(HOOKS[system](fakes, visitor))
     answer = sent.post(svc)
     assert answer.status_code == 401, answer.text
@@ -244,7 +244,7 @@ def test_conversation_without_the_visitor_field_gets_the_short_note(
     system: str, svc: FaultService, fakes: Fakes
 ) -> None:
     sent = HOOKS[system](fakes, None)
-    lookups_before = len(fakes.datafast.requests_to("datafast"))
+    lookups_before = len(fakes.server.requests_to("datafast"))
     assert sent.post(svc).status_code in (200, 202)
     (note,) = wait_for(sent.notes, NOTE_WITHIN, interval=0.02, message=f"the {system} note")
     assert "No visitor journey found" in note
@@ -253,11 +253,11 @@ def test_conversation_without_the_visitor_field_gets_the_short_note(
     status = svc.wait_for_state(sent.event_id, {"delivered"})
     assert status["sinks"][system]["state"] == "delivered"
     # No visitor id, so DataFast is not asked.
-    assert len(fakes.datafast.requests_to("datafast")) == lookups_before
+    assert len(fakes.server.requests_to("datafast")) == lookups_before
 
 
 def test_website_hook_with_the_key_in_the_url(svc: FaultService, fakes: Fakes) -> None:
-    visitor = fakes.datafast.add_visitor(full_profile())
+    visitor = fakes.server.add_visitor(full_profile())
     session = new_session_id()
     fakes.crisp.add_conversation(session)
     payload = set_data_hook(session, {"datafast_visitor_id": visitor})
@@ -270,36 +270,41 @@ def test_website_hook_with_the_key_in_the_url(svc: FaultService, fakes: Fakes) -
     assert "hn-launch-week" in note["content"]
 
 
-def _held(fakes: Fakes) -> list[tuple[Any, int]]:
-    """The three note calls the fakes hold, with each fake's port; empty until all three are."""
+NOTE_CALLS = {
+    "freshdesk": ("POST", "/notes"),
+    "crisp": ("POST", "/message"),
+    "plain": ("POST", "/graphql/v1"),
+}
+
+
+def _held(fakes: Fakes) -> list[Any]:
+    """The three note calls the fake holds; empty until all three are."""
     held = []
-    for fake, method in ((fakes.freshdesk, "POST"), (fakes.crisp, "POST"), (fakes.plain, "POST")):
-        calls = [h for h in fake.in_flight() if h.method == method and _is_note_call(fake, h.path)]
+    for system, (method, ending) in NOTE_CALLS.items():
+        calls = [
+            h
+            for h in fakes.server.in_flight()
+            if h.method == method and h.path.startswith(f"/{system}/") and h.path.endswith(ending)
+        ]
         if not calls:
             return []
-        held.append((calls[0], fake.port))
+        held.append(calls[0])
     return held
-
-
-def _is_note_call(fake: Any, path: str) -> bool:
-    return path.endswith(("/notes", "/message")) or (
-        fake.service == "plain" and path == "/graphql/v1"
-    )
 
 
 def test_kill9_between_the_note_call_and_its_record_leaves_one_note_each(
     svc: FaultService, fakes: Fakes, tmp_path: Path
 ) -> None:
-    visitor = fakes.datafast.add_visitor(full_profile())
+    visitor = fakes.server.add_visitor(full_profile())
     sents = [hook(fakes, visitor) for hook in HOOKS.values()]
-    fakes.freshdesk.delay("freshdesk", 4.0, method="POST", match="/notes")
-    fakes.crisp.delay("crisp", 4.0, method="POST", match="/message")
-    fakes.plain.delay("plain", 4.0, method="POST", match="createNote")
+    fakes.server.delay("freshdesk", 4.0, method="POST", match="/notes")
+    fakes.server.delay("crisp", 4.0, method="POST", match="/message")
+    fakes.server.delay("plain", 4.0, method="POST", match="createNote")
     for sent in sents:
         assert sent.post(svc).status_code in (200, 202)
     held = wait_for(lambda: _held(fakes), 20, message="the three note calls held by the fakes")
     alive = [p.pid for p in svc.alive_workers()]
-    owners = {pid_of_connection(h.client_port, port, alive) for h, port in held}
+    owners = {pid_of_connection(h.client_port, fakes.server.port, alive) for h in held}
     assert None not in owners, f"no worker owns the held connections {held}"
     for pid in owners:
         assert pid is not None

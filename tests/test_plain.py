@@ -19,9 +19,10 @@ from fake_plain import (
 )
 from fastapi.testclient import TestClient
 from harness import queue_length
-from helpdesk_fake import fake_runtime, fake_settings, fake_web
+from helpdesk_fakes import HelpdeskFake, helpdesk_runtime, helpdesk_web
 from pydantic import SecretStr
 
+from config import load_settings
 from worker.errors import AuthFailed, RateLimited, Rejected
 from worker.events import Event, EventRejected
 from worker.inbound import Ignored, WebhookRequest
@@ -35,7 +36,8 @@ HOOK_ENV = {"PLAIN_WEBHOOK_SECRET": PLAIN_WEBHOOK_SECRET}
 
 
 def settings(**overrides: Any) -> Any:
-    return fake_settings(HOOK_ENV, **overrides)
+    values = {k.lower(): v for k, v in HOOK_ENV.items()}
+    return load_settings(_env_file=None, **{**values, **overrides})
 
 
 # Mapping ----------------------------------------------------------------------------------
@@ -125,7 +127,9 @@ def test_signature_over_the_raw_body_with_rotation() -> None:
         PlainWebhook(settings()).verify(_request(body, unsigned))
 
 
-def test_stale_delivery_attempt_is_refused() -> None:
+def test_stale_delivery_attempt_is_refused(
+    server: HelpdeskFake,
+) -> None:
     payload = thread_created("th_1", "c_1", attempt_offset=-600)
     body = json.dumps(payload).encode()
     headers = signed_headers(body, payload)
@@ -142,14 +146,20 @@ def test_stale_delivery_attempt_is_refused() -> None:
 
 
 @pytest.fixture
-def fake() -> Iterator[FakePlain]:
-    with FakePlain() as server:
-        yield server
+def server() -> Iterator[HelpdeskFake]:
+    with HelpdeskFake(FakePlain()) as helpdesks:
+        yield helpdesks
 
 
 @pytest.fixture
-def runtime(fake: FakePlain, key_prefix: str) -> Iterator[Runtime]:
-    with fake_runtime(fake.env(), key_prefix) as rt:
+def fake(server: HelpdeskFake) -> FakePlain:
+    found: FakePlain = server.system(FakePlain.name)
+    return found
+
+
+@pytest.fixture
+def runtime(server: HelpdeskFake, key_prefix: str) -> Iterator[Runtime]:
+    with helpdesk_runtime(server, key_prefix) as rt:
         yield rt
 
 
@@ -170,7 +180,9 @@ def _event(thread_id: str, customer_id: str, **more: Any) -> Event:
     )
 
 
-def test_create_note_and_find_it_in_the_timeline(fake: FakePlain, runtime: Runtime) -> None:
+def test_create_note_and_find_it_in_the_timeline(
+    server: HelpdeskFake, fake: FakePlain, runtime: Runtime
+) -> None:
     thread_id, customer_id = fake.add_thread(other_entries=60)  # more than a page of notes
     sink = _sink(runtime)
     event = _event(thread_id, customer_id)
@@ -183,7 +195,7 @@ def test_create_note_and_find_it_in_the_timeline(fake: FakePlain, runtime: Runti
     assert event.marker in note["text"] and event.marker in (note["markdown"] or "")
     assert "No visitor journey found" in note["text"]
     assert sink.already_delivered(event) is True
-    calls = fake.requests_to(fake.service, method="POST")
+    calls = server.requests_to(fake.name, method="POST")
     assert calls[0].headers["authorization"] == f"Bearer {PLAIN_API_KEY}"
     assert any("NOTE" in c.json["query"] and c.json["variables"].get("after") for c in calls)
 
@@ -206,7 +218,9 @@ def test_lookup_reads_the_thread_field(fake: FakePlain, runtime: Runtime) -> Non
     assert gone.missing == "Plain has no thread th_gone"
 
 
-def test_mutation_errors_graphql_errors_and_429(fake: FakePlain, runtime: Runtime) -> None:
+def test_mutation_errors_graphql_errors_and_429(
+    server: HelpdeskFake, fake: FakePlain, runtime: Runtime
+) -> None:
     thread_id, _ = fake.add_thread()
     sink = _sink(runtime)
     ctx = JourneyContext.not_found("DataFast", "", "x")
@@ -215,7 +229,7 @@ def test_mutation_errors_graphql_errors_and_429(fake: FakePlain, runtime: Runtim
         Rejected, match=r"createNote: Invalid input \(customerId: Customer not in thread\)"
     ):
         sink.deliver(wrong_customer, ctx, sink.render_note(wrong_customer, ctx))
-    fake.fail(fake.service, 429)
+    server.fail(fake.name, 429, headers=fake.rate_limit_headers(429))
     with pytest.raises(RateLimited) as limited:
         sink.check()
     assert limited.value.retry_after == 1.0
@@ -235,8 +249,8 @@ def test_mutation_errors_graphql_errors_and_429(fake: FakePlain, runtime: Runtim
 
 
 @pytest.fixture
-def web(isolation: tuple[str, str]) -> Iterator[TestClient]:
-    with fake_web(HOOK_ENV, isolation) as client:
+def web(server: HelpdeskFake, isolation: tuple[str, str]) -> Iterator[TestClient]:
+    with helpdesk_web(server, isolation) as client:
         yield client
 
 
