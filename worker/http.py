@@ -266,7 +266,9 @@ class ServiceClient:
         headers: dict[str, str] | None = None,
         auth: httpx.Auth | tuple[str, str] | None = None,
         client: httpx.Client | None = None,
+        auth_hint: str | None = None,
     ) -> None:
+        """``auth_hint`` ("check X_API_TOKEN") is appended to every 401/403 of this service."""
         self.service = service
         self.base_url = base_url.rstrip("/")
         self._settings = settings
@@ -282,6 +284,7 @@ class ServiceClient:
         self._headers = headers or {}
         self._auth = auth
         self._client = client
+        self._auth_hint = auth_hint
 
     @property
     def client(self) -> httpx.Client:
@@ -340,6 +343,9 @@ class ServiceClient:
         started = time.monotonic()
         try:
             raw, body = self._send(request)
+        except AuthFailed as exc:
+            # Refused by the auth flow itself (an OAuth token endpoint, worker/oauth.py).
+            raise exc.with_hint(self._auth_hint) if self._auth_hint else exc from None
         except httpx.ConnectError as exc:
             raise Unavailable(
                 f"cannot connect: {type(exc).__name__}", service=self.service
@@ -418,7 +424,8 @@ class ServiceClient:
         if status >= 500:
             raise Unavailable(message, service=self.service, status_code=status, retry_after=wait)
         if status in (401, 403):
-            raise AuthFailed(message, service=self.service, status_code=status)
+            refused = AuthFailed(message, service=self.service, status_code=status)
+            raise refused.with_hint(self._auth_hint) if self._auth_hint else refused
         if status == 408:
             raise Unavailable(message, service=self.service, status_code=status)
         raise Rejected(message, service=self.service, status_code=status)

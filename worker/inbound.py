@@ -24,6 +24,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -47,6 +48,7 @@ __all__ = [
     "email_field",
     "object_field",
     "reject",
+    "require_fresh_timestamp",
     "require_signature",
     "secret_matches",
     "secret_values",
@@ -152,6 +154,24 @@ class WebhookAdapter(ABC):
 
     def not_configured_message(self) -> str:
         return f"{self.label} webhooks are refused: its secret is not set on the server"
+
+
+def require_fresh_timestamp(
+    value: str | None, tolerance: float, *, now: float | None = None
+) -> None:
+    """Refuse a signed timestamp further than ``tolerance`` seconds from now, so a captured
+    request cannot be replayed later. Unix seconds or milliseconds, or ISO 8601 (Zendesk)."""
+    text = (value or "").strip()
+    try:
+        when = date_field(float(text))
+    except ValueError:
+        when = date_field(text) if text else None
+    if when is None:
+        raise SignatureError("missing or malformed signature timestamp")
+    current = time.time() if now is None else now
+    require_signature(
+        abs(current - when.timestamp()) <= tolerance, "signature timestamp too old or too new"
+    )
 
 
 def require_signature(ok: bool, what: str) -> None:

@@ -163,6 +163,14 @@ class Sink(ABC):
             return None
         return f"the event's ticket is in {event.inbound}, not {self.label}"
 
+    def not_from_own_webhook(self, event: Event) -> str | None:
+        """Stricter than ``other_system``, for a system whose conversation ids mean nothing
+        elsewhere (Intercom, Help Scout): only its own webhook's events are annotated, so a
+        ``POST /v1/events`` ticket id meant for another helpdesk is never posted to here."""
+        if event.inbound == self.name:
+            return None
+        return f"the event's ticket did not come from the {self.label} webhook ({event.inbound})"
+
     def default_skip_reason(self, event: Event, context: JourneyContext) -> str | None:
         """Why the default routing (no ``ROUTES_FILE``) leaves this sink out, or None."""
         return None

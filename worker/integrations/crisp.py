@@ -42,12 +42,11 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 from config import Settings
-from worker.errors import AuthFailed, BadResponse, Rejected
+from worker.errors import BadResponse, Rejected
 from worker.events import MAX_ID_LENGTH, Event, is_uuid
 from worker.http import ServiceClient, UpstreamResponse, secret_text
 from worker.inbound import (
@@ -58,6 +57,7 @@ from worker.inbound import (
     email_field,
     object_field,
     reject,
+    require_fresh_timestamp,
     require_signature,
     secret_matches,
     secret_values,
@@ -78,7 +78,6 @@ from worker.sink import (
 )
 
 EVENT_ID_PREFIX = "crisp:"
-SESSION_PREFIX = "session_"
 
 
 # JSON.stringify ---------------------------------------------------------------------------
@@ -203,18 +202,6 @@ def parse_crisp_hook(payload: Any, settings: Settings, *, require_uuid: bool = T
     )
 
 
-def _timestamp_ok(raw: str, tolerance: int) -> bool:
-    if tolerance <= 0:
-        return True
-    try:
-        stamp = float(raw)
-    except ValueError:
-        return False
-    # Crisp's timestamps are milliseconds; seconds are taken too.
-    seconds = stamp / 1000 if stamp > 100_000_000_000 else stamp
-    return math.isfinite(seconds) and abs(time.time() - seconds) <= tolerance
-
-
 class CrispWebhook(WebhookAdapter):
     """``POST /v1/webhooks/crisp``: plugin hooks signed with ``X-Crisp-Signature``, website
     hooks with ``?key=`` in the URL (both ``CRISP_WEBHOOK_KEY``)."""
@@ -239,10 +226,9 @@ class CrispWebhook(WebhookAdapter):
             return
         timestamp = request.headers.get("x-crisp-request-timestamp", "").strip()
         require_signature(bool(timestamp), "X-Crisp-Request-Timestamp missing")
-        require_signature(
-            _timestamp_ok(timestamp, self.settings.crisp_timestamp_tolerance),
-            "X-Crisp-Request-Timestamp outside the tolerance (CRISP_TIMESTAMP_TOLERANCE)",
-        )
+        if self.settings.crisp_timestamp_tolerance:
+            # Milliseconds (Crisp's unit) or seconds; CRISP_TIMESTAMP_TOLERANCE=0 turns it off.
+            require_fresh_timestamp(timestamp, self.settings.crisp_timestamp_tolerance)
         bodies = [request.body]
         # Not JSON: only the bytes as received can match.
         with contextlib.suppress(ValueError, TypeError, RecursionError):
@@ -301,6 +287,10 @@ class CrispSink(Sink):
             rate=settings.crisp_rate_limit,
             auth=(settings.crisp_identifier or "", secret_text(settings.crisp_key)),
             headers={"X-Crisp-Tier": settings.crisp_token_tier, "Accept": "application/json"},
+            auth_hint=(
+                "check CRISP_IDENTIFIER, CRISP_KEY, CRISP_TOKEN_TIER and the token's "
+                "conversation scopes"
+            ),
         )
 
     def _conversation(self, event: Event) -> str:
@@ -308,9 +298,10 @@ class CrispSink(Sink):
         return f"v1/website/{website}/conversation/{event.ticket_id}"
 
     def skip_reason(self, event: Event, context: JourneyContext) -> str | None:
-        if not (event.ticket_id or "").startswith(SESSION_PREFIX):
-            return "no Crisp session id (session_...) as the event's ticket_id"
-        return self.other_system(event) or super().skip_reason(event, context)
+        if not event.ticket_id:
+            return "no Crisp session id (ticket_id) on the event"
+        # A session id means nothing elsewhere: only the Crisp hooks' own events.
+        return self.not_from_own_webhook(event) or super().skip_reason(event, context)
 
     def deliver(self, event: Event, context: JourneyContext, note: Note) -> DeliveryResult:
         body = {"type": "note", "from": "operator", "origin": "chat", "content": note.body}
@@ -365,13 +356,7 @@ class CrispSink(Sink):
 
     def check(self) -> str:
         website = self.settings.crisp_website_id
-        try:
-            crisp_data(self.http.request("GET", f"v1/website/{website}/conversations/1"))
-        except AuthFailed as exc:
-            raise exc.with_hint(
-                "check CRISP_IDENTIFIER, CRISP_KEY, CRISP_TOKEN_TIER and the token's "
-                "conversation scopes"
-            ) from None
+        crisp_data(self.http.request("GET", f"v1/website/{website}/conversations/1"))
         return f"{self.label} answered at {self.http.base_url} for website {website}"
 
 

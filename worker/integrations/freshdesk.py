@@ -35,7 +35,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from config import Settings
-from worker.errors import AuthFailed, BadResponse, Rejected
+from worker.errors import BadResponse, Rejected
 from worker.events import MAX_ID_LENGTH, Event, is_uuid
 from worker.http import ServiceClient, secret_text
 from worker.inbound import (
@@ -209,6 +209,7 @@ class FreshdeskSink(Sink):
             # The API key is the user name; the password is ignored ("X" by convention).
             auth=(secret_text(settings.freshdesk_api_key), "X"),
             headers={"Accept": "application/json"},
+            auth_hint="check FRESHDESK_API_KEY",
         )
 
     def skip_reason(self, event: Event, context: JourneyContext) -> str | None:
@@ -269,12 +270,7 @@ class FreshdeskSink(Sink):
         )
 
     def check(self) -> str:
-        try:
-            me = _object(
-                self.http.request("GET", "api/v2/agents/me").json(), self.name, "agents/me"
-            )
-        except AuthFailed as exc:
-            raise exc.with_hint("check FRESHDESK_API_KEY") from None
+        me = _object(self.http.request("GET", "api/v2/agents/me").json(), self.name, "agents/me")
         contact = object_field(me.get("contact"))
         who = contact.get("email") or me.get("id") or "the API key's agent"
         return f"{self.label} answered at {self.http.base_url} as {who}"
