@@ -36,7 +36,7 @@ from pydantic import SecretStr
 from config import Settings
 from config.settings import split_secrets
 from worker.events import Event, EventRejected, is_email
-from worker.signature import SignatureError
+from worker.signature import SignatureError, matches_any
 
 __all__ = [
     "Ignored",
@@ -96,12 +96,9 @@ def secret_values(secret: SecretStr | None) -> list[str]:
 
 
 def secret_matches(given: str, secrets: Sequence[str]) -> bool:
-    """Whether ``given`` (a token in a header or the URL) is one of ``secrets``; every secret
-    is compared, in constant time, so the time taken does not tell which one matched."""
-    found = False
-    for secret in secrets:
-        found = constant_time_equal(given, secret) or found
-    return bool(given) and found
+    """Whether ``given`` (a token in a header or the URL, or a computed signature) is one of
+    ``secrets``, in constant time (``worker.signature.matches_any``)."""
+    return matches_any(given, [SecretStr(secret) for secret in secrets])
 
 
 def signed_by_any(
