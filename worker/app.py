@@ -137,3 +137,7 @@ def _ready(**_: Any) -> None:
     init_sentry(settings, component="worker")
     scrub_logging_handlers(settings)
     settle_garbage_collector()
+    from worker import heartbeat
+    from worker.runtime import get_runtime
+
+    heartbeat.start(get_runtime().redis, settings.redis_key_prefix)

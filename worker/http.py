@@ -21,6 +21,7 @@ import httpx
 from pydantic import SecretStr
 
 from config import Rate, Settings
+from worker import health, metrics
 from worker.circuit import CircuitBreaker
 from worker.errors import (
     AuthFailed,
@@ -287,6 +288,10 @@ class ServiceClient:
         self._auth_hint = auth_hint
 
     @property
+    def rate(self) -> Rate:
+        return self._rate
+
+    @property
     def client(self) -> httpx.Client:
         return self._client or shared_client(self._settings)
 
@@ -312,8 +317,9 @@ class ServiceClient:
             response, failures_counted = self._request(
                 method, path, params=params, json_body=json_body, max_wait=max_wait
             )
-        except Unavailable:
-            if self._breaker.record_failure(self.service):
+        except UpstreamError as exc:
+            health.record_error(self._limiter.redis, self._limiter.prefix, self.service, str(exc))
+            if isinstance(exc, Unavailable) and self._breaker.record_failure(self.service):
                 log.warning("circuit opened", extra={"service": self.service})
             raise
         self._breaker.record_success(self.service, failures_counted)
@@ -369,6 +375,7 @@ class ServiceClient:
             content=body,
             elapsed=time.monotonic() - started,
         )
+        metrics.upstream_request(self.service, response.elapsed, response.status_code)
         log.debug(
             "upstream call",
             extra={

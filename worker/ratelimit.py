@@ -28,6 +28,8 @@ import redis
 from config import Rate
 from worker.circuit import CircuitBreaker
 from worker.errors import Throttled
+from worker.health import use_bucket_key
+from worker.metrics import rate_limit_wait
 
 DEFAULT_MARGIN_SECONDS = 0.1
 
@@ -50,6 +52,12 @@ redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
 if redis.call('ZCARD', KEYS[1]) < limit then
   redis.call('ZADD', KEYS[1], now, ARGV[3])
   redis.call('PEXPIRE', KEYS[1], window + 1000)
+  if ARGV[4] then
+    -- The use counter the health page reads (worker/health.py): a key named in ARGV, since
+    -- its bucket changes with time; this service runs on one Redis, not a cluster.
+    redis.call('INCR', ARGV[4])
+    redis.call('EXPIRE', ARGV[4], 90)
+  end
   local failures = 0
   if #KEYS > 3 then failures = redis.call('EXISTS', KEYS[4]) end
   return {0, 0, failures}
@@ -118,7 +126,8 @@ class SharedRateLimiter:
         if circuit is not None:
             failures_key, open_key = circuit.keys(service)
             keys += [open_key, failures_key]
-        reply = self._acquire(keys=keys, args=[rate.amount, window_ms, uuid.uuid4().hex])
+        use_key = use_bucket_key(self.prefix, service, time.time())
+        reply = self._acquire(keys=keys, args=[rate.amount, window_ms, uuid.uuid4().hex, use_key])
         return [int(v) for v in reply]
 
     def try_acquire(self, service: str, rate: Rate) -> float:
@@ -153,4 +162,5 @@ class SharedRateLimiter:
                     service=service,
                     retry_after=wait,
                 )
+            rate_limit_wait(service, min(wait, 1.0))
             self._sleep(min(wait, 1.0))

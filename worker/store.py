@@ -44,6 +44,7 @@ from pydantic import BaseModel, Field
 
 from worker.events import Event
 from worker.journey import JourneyContext
+from worker.metrics import event_finished
 
 EventState = Literal["queued", "enriching", "delivered", "partially_delivered", "failed", "dead"]
 SinkState = Literal["pending", "posting", "delivered", "skipped", "failed", "dead"]
@@ -541,6 +542,7 @@ class EventStore:
             pipe.hset(self._event_key(event_id), mapping=fields)
             if state in FINAL_EVENT_STATES:
                 pipe.zrem(self._inflight_key, event_id)
+                event_finished(state)
 
     def get_field(self, event_id: str, name: str) -> str | None:
         value = self.redis.hget(self._event_key(event_id), name)
@@ -743,6 +745,38 @@ class EventStore:
             "steps": stored,
             **({"retention": data["retention"]} if data.get("retention") else {}),
         }
+
+    def recent_ids(self, limit: int) -> list[str]:
+        """The ids of the ``limit`` events accepted last, newest first (the console's list):
+        those still holding their data, so an erased or scrubbed event is not listed."""
+        return [_text(i) for i in self.redis.zrevrange(self._journeys_key, 0, limit - 1)]
+
+    def summaries(self, event_ids: Sequence[str]) -> list[dict[str, Any]]:
+        """Each event's stored fields and its sinks' records (for lists), in one round trip;
+        an expired event is left out."""
+        pipe = self.redis.pipeline(transaction=False)
+        for event_id in event_ids:
+            pipe.hmget(self._event_key(event_id), "event", "state", "reason", "created_at")
+            pipe.hgetall(self._sinks_key(event_id))
+        replies = pipe.execute()
+        found = []
+        for i, event_id in enumerate(event_ids):
+            (raw, state, reason, created), sinks = replies[2 * i], replies[2 * i + 1]
+            if not raw:
+                continue
+            found.append(
+                {
+                    "id": event_id,
+                    "event": json.loads(raw),
+                    "state": _text(state),
+                    "reason": _text(reason),
+                    "created_at": _text(created),
+                    "sinks": {
+                        _text(k): SinkRecord.model_validate_json(v) for k, v in sinks.items()
+                    },
+                }
+            )
+        return found
 
     # Dead letters ------------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from celery import Task
 
+from worker import metrics
 from worker.app import app
 from worker.errors import EnrichmentError, Throttled, UpstreamError, VisitorNotFound
 from worker.events import Event, is_uuid
@@ -320,6 +321,7 @@ def deliver(rt: Runtime, event: Event, context: JourneyContext, sink_name: str) 
     with store.batch() as batch:
         outcome.write(batch, event.id, sink_name)
         batch.release_sink(claim)
+    metrics.sink_delivery(sink_name, outcome.label)
     return outcome.countdown
 
 
@@ -334,6 +336,13 @@ class Outcome:
     extra: dict[str, Any] = field(default_factory=dict)
     dead_letter: bool = False
     countdown: float | None = None
+
+    @property
+    def label(self) -> str:
+        """The outcome as the delivery metric counts it."""
+        if self.countdown is not None:
+            return "retry" if self.step is not None else "throttled"
+        return self.record.state
 
     def write(self, store: EventStore, event_id: str, sink: str) -> None:
         store.save_sink(event_id, sink, self.record)
