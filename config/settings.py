@@ -326,6 +326,14 @@ class Settings(BaseSettings):
     sentry_dsn: OptionalSecret = None
     log_level: str = "INFO"
 
+    # Operator surfaces. SANDBOX: a built-in sample source and a ``console`` sink that keeps
+    # what would be posted; refused together with any real provider key.
+    sandbox: bool = False
+    # The console at /console is off (404) until this is set.
+    console_password: OptionalSecret = None
+    # Bearer token /metrics asks for when set.
+    metrics_token: OptionalSecret = None
+
     @field_validator("webhook_secret")
     @classmethod
     def _check_webhook_secret(cls, value: SecretStr | None) -> SecretStr | None:
@@ -417,6 +425,13 @@ class Settings(BaseSettings):
             raise ValueError(
                 "POSTMETRIC_API_KEY, POSTMETRIC_BASE_URL: both required with SOURCE=postmetric"
             )
+        if self.sandbox:
+            real = [n.upper() for n in SANDBOX_REFUSES if getattr(self, n) is not None]
+            if real:
+                raise ValueError(
+                    f"SANDBOX: refused together with real provider keys ({', '.join(real)}); "
+                    "sandbox mode must never reach a real provider"
+                )
         if self.retry_backoff_max >= self.broker_visibility_timeout / 2:
             raise ValueError(
                 "RETRY_BACKOFF_MAX: must stay below half of BROKER_VISIBILITY_TIMEOUT, or Redis "
@@ -518,6 +533,29 @@ def split_secrets(value: SecretStr | None) -> list[SecretStr]:
         return []
     parts = (part.strip() for part in value.get_secret_value().split(","))
     return [SecretStr(part) for part in parts if part]
+# The settings that would let a process reach a real provider or destination (inbound
+# secrets, which only check what others send, are not among them).
+SANDBOX_REFUSES = (
+    "datafast_api_key",
+    "datafast_websites",
+    "postmetric_api_key",
+    "hubspot_token",
+    "zendesk_api_token",
+    "slack_webhook_url",
+    "rocketchat_auth_token",
+    "intercom_access_token",
+    "helpscout_app_secret",
+    "freshdesk_api_key",
+    "crisp_key",
+    "plain_api_key",
+    "attio_api_key",
+    "pipedrive_api_token",
+    "salesforce_client_secret",
+    "discord_webhook_url",
+    "teams_webhook_url",
+    "telegram_bot_token",
+    "outbound_webhook_url",
+)
 
 
 def _all_or_none(settings: Settings, names: tuple[str, ...]) -> None:

@@ -96,3 +96,12 @@ def isolation(redis_client: redis.Redis) -> Iterator[tuple[str, str]]:
     prefix, queue = new_prefix(), new_queue()
     yield prefix, queue
     cleanup_redis(redis_client, prefix, queue)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """Keep each phase's report on the test item (``item.rep_call``), so a fixture can tell
+    after the test whether it failed (the browser tests then save screenshots)."""
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report

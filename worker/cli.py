@@ -5,6 +5,7 @@ Built with Typer (argument parsing, help, exit codes) rather than by hand.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import time
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -134,6 +136,12 @@ def serve(
             typer.echo(f"Redis does not answer at REDIS_URL ({settings.redis_url}).", err=True)
             raise typer.Exit(1)
         children.append(_start_private_redis(Path(".data/redis").resolve()))
+    from worker.metrics import MULTIPROC_ENV, reset_multiprocess_dir
+
+    # Web and worker count into one directory, so /metrics adds them up (worker/metrics.py).
+    metrics_dir = Path(os.environ.get(MULTIPROC_ENV) or ".data/metrics").resolve()
+    reset_multiprocess_dir(metrics_dir)
+    os.environ[MULTIPROC_ENV] = str(metrics_dir)
     bin_dir = Path(sys.executable).parent
     commands = [
         [
@@ -166,6 +174,10 @@ def serve(
         commands.append([str(bin_dir / "celery"), "-A", "worker.app", "beat", "--loglevel", "INFO"])
     children.extend(subprocess.Popen(command) for command in commands)
     typer.echo(f"visitor-enrich listening on http://{host}:{port}  (Ctrl-C stops everything)")
+    if settings.sandbox:
+        typer.echo("SANDBOX mode: sample journeys, nothing is posted to a real system")
+    if settings.console_password is not None:
+        typer.echo(f"console: http://{host}:{port}/console")
 
     def stop(*_: object) -> None:
         for child in reversed(children):
@@ -185,6 +197,103 @@ def serve(
             except subprocess.TimeoutExpired:
                 child.kill()
     raise typer.Exit(0 if all(c.returncode in (0, -signal.SIGTERM) for c in children) else 1)
+
+
+@cli.command()
+def init(
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing .env.")] = False,
+) -> None:
+    """Create .env from .env.example: a fresh WEBHOOK_SECRET, a console password, sandbox on."""
+    from worker.firstrun import write_first_run_env
+
+    target, example = Path(".env"), Path(".env.example")
+    if target.exists() and not force:
+        typer.echo(".env exists already; edit it, or pass --force to start afresh", err=True)
+        raise typer.Exit(1)
+    if not example.exists():
+        typer.echo(".env.example is missing (run this in the project's folder)", err=True)
+        raise typer.Exit(2)
+    target.unlink(missing_ok=True)
+    values = write_first_run_env(example, target)
+    typer.echo(
+        "Created .env with a fresh WEBHOOK_SECRET and sandbox mode on (sample journeys; nothing\n"
+        "is posted anywhere). Console: http://127.0.0.1:8000/console  password: "
+        f"{values['CONSOLE_PASSWORD']}\n"
+        "Send a test event with: .venv/bin/visitor-enrich send --type support_ticket\n"
+        "For real use, set SANDBOX=false and your provider keys in .env."
+    )
+
+
+@cli.command()
+def send(
+    event_type: Annotated[
+        str, typer.Option("--type", help="signup, support_ticket or livechat.")
+    ] = "signup",
+    visitor: Annotated[
+        str | None, typer.Option("--visitor", help="datafast_visitor_id (default: a new one).")
+    ] = None,
+    email: Annotated[str, typer.Option(help="Contact email.")] = "ada@example.com",
+    ticket_id: Annotated[
+        str | None, typer.Option(help="Ticket id (support_ticket; default 1042).")
+    ] = None,
+    room_id: Annotated[str | None, typer.Option(help="Room id (livechat).")] = None,
+    url: Annotated[str, typer.Option(help="Where the service listens.")] = "http://127.0.0.1:8000",
+) -> None:
+    """Sign a test event with WEBHOOK_SECRET and post it, like the senders do."""
+    settings = _settings()
+    import httpx
+    from standardwebhooks.webhooks import Webhook
+
+    event_id = f"evt_{uuid.uuid4().hex}"
+    payload: dict[str, str] = {
+        "type": event_type,
+        "datafast_visitor_id": visitor or str(uuid.uuid4()),
+        "email": email,
+    }
+    if event_type == "support_ticket":
+        payload["ticket_id"] = ticket_id or "1042"
+    if event_type == "livechat":
+        payload["room_id"] = room_id or f"room-{uuid.uuid4().hex[:8]}"
+    body = json.dumps(payload)
+    headers = {"content-type": "application/json", "webhook-id": event_id}
+    secret = settings.webhook_secret
+    if secret is not None:
+        now = datetime.now(UTC)
+        headers["webhook-timestamp"] = str(int(now.timestamp()))
+        headers["webhook-signature"] = Webhook(secret.get_secret_value()).sign(event_id, now, body)
+    try:
+        response = httpx.post(f"{url.rstrip('/')}/v1/events", content=body, headers=headers)
+    except httpx.TransportError as exc:
+        typer.echo(f"cannot reach {url} ({type(exc).__name__}); is the service running?", err=True)
+        raise typer.Exit(1) from None
+    if response.status_code >= 300:
+        typer.echo(f"refused: {response.status_code} {response.text}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"sent {event_id} ({event_type}): {response.json()['data']['state']}")
+    if settings.console_password is not None:
+        typer.echo(f"console: {url.rstrip('/')}/console/events/{event_id}")
+    else:
+        typer.echo(f"status:  {url.rstrip('/')}/v1/events/{event_id}")
+
+
+@cli.command("metrics-serve")
+def metrics_serve(
+    port: Annotated[int, typer.Option(help="Port of the /metrics answer.")] = 9100,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "0.0.0.0",
+) -> None:
+    """Serve /metrics for this host's processes (PROMETHEUS_MULTIPROC_DIR), for a host that
+    runs workers and no web process. The Redis gauges come from the web processes."""
+    from prometheus_client import start_http_server
+
+    from worker.metrics import build_registry, multiprocess_dir
+
+    if multiprocess_dir() is None:
+        typer.echo("set PROMETHEUS_MULTIPROC_DIR to the directory the workers write to", err=True)
+        raise typer.Exit(2)
+    start_http_server(port, addr=host, registry=build_registry(None))
+    typer.echo(f"metrics on http://{host}:{port}/metrics")
+    while True:
+        time.sleep(3600)
 
 
 @cli.command()

@@ -23,6 +23,7 @@ _SENSITIVE_KEYS = re.compile(
 _STANDARD_ATTRS = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
     "message",
     "asctime",
+    "color_message",  # uvicorn's coloured copy of the message
 }
 
 
@@ -84,10 +85,27 @@ class KeyValueFormatter(logging.Formatter):
         return f"{base} {' '.join(extras)}" if extras else base
 
 
+class SandboxTag(logging.Filter):
+    """Marks every line ``sandbox=true`` in sandbox mode, so no log reader takes a sample
+    journey for a real one."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.sandbox = "true"
+        return True
+
+
 def configure_logging(settings: Settings) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(KeyValueFormatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
     handler.addFilter(ScrubFilter(Scrubber(settings.secret_values())))
+    if settings.sandbox:
+        handler.addFilter(SandboxTag())
+        # uvicorn's own loggers write through their own handlers; in sandbox mode they go
+        # through this one too, so that every line says sandbox.
+        for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+            uvicorn_logger = logging.getLogger(name)
+            uvicorn_logger.handlers.clear()
+            uvicorn_logger.propagate = True
     root = logging.getLogger()
     for existing in list(root.handlers):
         root.removeHandler(existing)

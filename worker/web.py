@@ -27,7 +27,7 @@ from starlette.types import Receive, Scope, Send
 
 from config import Settings, get_settings
 from config.settings import split_secrets
-from worker import __version__
+from worker import __version__, metrics
 from worker.events import (
     MAX_ID_LENGTH,
     Event,
@@ -296,6 +296,8 @@ def add_webhook_route(
             if webhook.website is not None:
                 check_website(webhook.website, websites)
             events = list(adapter.map_events(webhook, payload))
+            if events:
+                metrics.name_event_type(scope, {"type": events[0].type})
         except Ignored as exc:
             log.info("webhook ignored", extra={"system": adapter.system, "reason": exc.reason})
             return success_response({"state": "ignored", "reason": exc.reason})
@@ -390,6 +392,8 @@ async def serve_direct(
     except Exception:
         log.exception("unexpected error", extra={"path": scope["path"]})
         response = error_response(500, "internal error")
+    # Every inbound event's answer, accepted or refused (the endpoint names the event type).
+    metrics.inbound_answered(scope, response.status_code)
     await response(scope, receive, send)
 
 
@@ -443,6 +447,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         body = await read_body(request.receive, headers.get("content-length"), limit)
         check_signature(body, headers)
         payload = decode_json(body)
+        metrics.name_event_type(request.scope, payload)
         try:
             event = parse_event(
                 payload,
@@ -532,4 +537,8 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     for adapter in build_webhooks(settings, require_uuid=require_uuid).values():
         add_webhook_route(app, adapter, intake, limit, websites)
 
+    # /metrics and /console (worker/console/): FastAPI routes, outside the intake's hot path.
+    from worker.console.mount import mount_operator_surfaces
+
+    mount_operator_surfaces(app, settings, rt, intake)
     return app
