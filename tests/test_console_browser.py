@@ -263,9 +263,9 @@ def test_health_shows_redis_queue_systems_and_workers(signed_in: Page, svc: Serv
     expect(page.locator("#redis")).to_have_text("up")
     expect(page.locator("#queue-depth")).to_have_text(re.compile(r"^\d+$"))
     assert int(page.locator("#workers").inner_text()) >= 1
-    sandbox_row = page.locator("tr[data-system='sandbox']")
-    expect(sandbox_row).to_contain_text("closed")
-    expect(sandbox_row).to_contain_text(re.compile(r"[1-9]\d* / 1200"))
+    source_row = page.locator("tr[data-system='datafast']")
+    expect(source_row).to_contain_text("closed")
+    expect(source_row).to_contain_text(re.compile(r"[1-9]\d* / 300"))
     expect(page.locator("tr[data-system='console']")).to_be_visible()
     look(page, "health")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import uuid
 from datetime import UTC, datetime
 
 import redis
@@ -68,15 +69,15 @@ def test_health_reads_queue_errors_rate_use_and_workers(
         redis_client.lpush(queue, task_message(ENRICH_EVENT_TASK, ["evt_new"], queue))
         record_error(redis_client, key_prefix, "console", "503 down")
         assert rt.source is not None
-        rt.source.fetch_journey("visitor-1")  # one grant of the sample source's rate
+        rt.source.fetch_journey(str(uuid.uuid4()))  # one grant of DataFast's rate
         heartbeat.beat(redis_client, key_prefix, "host:1")
         heartbeat.beat(redis_client, key_prefix, "host:2", now=time.time() - 120)
         health = RedisHealth(rt).read()
         assert health.redis_up and health.queue_depth == 2
         assert health.oldest_waiting is not None and health.oldest_waiting.event_id == "evt_old"
         systems = {s.name: s for s in health.systems}
-        assert systems["sandbox"].used_last_minute == 1
-        assert systems["sandbox"].limit_per_minute == 1200
+        assert systems["datafast"].used_last_minute == 1
+        assert systems["datafast"].limit_per_minute == 300
         assert systems["console"].last_error == "503 down"
         assert not systems["console"].circuit_open
         assert [name for name, _ in health.workers] == ["host:1"]

@@ -21,11 +21,13 @@ from harness import TEST_SECRET, Service
 from operator_support import running_service
 
 from config import ConfigError, Rate, load_settings
+from worker.errors import Rejected
 from worker.events import Event
 from worker.firstrun import first_run_env, write_first_run_env
-from worker.integrations.sandbox import ConsoleSink, sample_profile
+from worker.integrations.console import ConsoleSink
+from worker.integrations.datafast import DataFastSource
 from worker.ratelimit import SharedRateLimiter
-from worker.sandbox_http import SandboxRequestRefused, sandbox_client
+from worker.sandbox import SandboxRequestRefused, sample_profile, sandbox_client
 from worker.sink import Note
 
 BIN = Path(sys.executable).parent
@@ -53,6 +55,20 @@ def test_the_sample_journey_is_datafast_shaped_and_stable_per_visitor() -> None:
     assert journey.provider == "DataFast"
     assert journey.recent_pages and journey.visit_count and journey.prediction is not None
     assert journey.location.country and journey.technology.browser
+
+
+def test_in_sandbox_mode_datafast_is_answered_in_process(
+    redis_client: redis.Redis, key_prefix: str
+) -> None:
+    settings = load_settings(sandbox=True, redis_key_prefix=key_prefix)
+    assert DataFastSource.configured(settings)
+    source = DataFastSource(settings, SharedRateLimiter(redis_client, key_prefix))
+    visitor = str(uuid.uuid4())
+    journey = source.fetch_journey(visitor)
+    assert journey.found and journey.visitor_id == visitor and journey.provider == "DataFast"
+    with pytest.raises(Rejected, match="404"):
+        source.http.request("GET", "visitors")  # anything else: DataFast's 404 envelope
+    assert not DataFastSource.configured(load_settings())
 
 
 def test_sandbox_clients_never_open_a_connection(redis_client: redis.Redis) -> None:

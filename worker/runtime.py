@@ -14,7 +14,7 @@ from redis.connection import HiredisRespSerializer
 from redis.utils import HIREDIS_AVAILABLE
 
 from config import Settings, get_settings
-from worker.integrations import SINKS, SOURCES, build_sinks, build_source, source_name
+from worker.integrations import SINKS, SOURCES, build_sinks, build_source
 from worker.ratelimit import SharedRateLimiter
 from worker.routing import Routes, load_routes
 from worker.sink import Sink
@@ -36,7 +36,7 @@ class Runtime:
 
     @property
     def source_class(self) -> type[Source]:
-        return SOURCES[source_name(self.settings)]
+        return SOURCES[self.settings.source]
 
     @property
     def source(self) -> Source | None:

@@ -25,7 +25,7 @@ from worker.console.auth import ConsoleAuth, Session
 from worker.events import EventRejected, parse_event
 from worker.health import RedisHealth
 from worker.intake import EventIntake
-from worker.integrations.sandbox import ConsoleSink
+from worker.integrations.console import ConsoleSink
 from worker.notes import RenderedNote, render_for
 from worker.replay import replay
 from worker.runtime import Runtime

@@ -13,6 +13,7 @@ from worker.inbound import WebhookAdapter
 from worker.integration import Integration
 from worker.integrations import (
     attio,
+    console,
     crisp,
     datafast,
     discord,
@@ -23,7 +24,6 @@ from worker.integrations import (
     postmetric,
     rocketchat,
     salesforce,
-    sandbox,
     slack,
     teams,
     telegram,
@@ -49,7 +49,7 @@ INTEGRATIONS: list[Integration] = [
     freshdesk.INTEGRATION,
     crisp.INTEGRATION,
     plain.INTEGRATION,
-    *sandbox.INTEGRATIONS,
+    console.INTEGRATION,
 ]
 
 SOURCES: dict[str, type[Source]] = {i.name: i.source for i in INTEGRATIONS if i.source}
@@ -62,13 +62,8 @@ def build_sinks(settings: Settings, limiter: SharedRateLimiter) -> dict[str, Sin
     return {cls.name: cls(settings, limiter) for cls in SINKS if cls.enabled(settings)}
 
 
-def source_name(settings: Settings) -> str:
-    """The source in force: the sample source in sandbox mode, else ``SOURCE``."""
-    return sandbox.SandboxSource.name if settings.sandbox else settings.source
-
-
 def build_source(settings: Settings, limiter: SharedRateLimiter) -> Source:
-    return SOURCES[source_name(settings)](settings, limiter)
+    return SOURCES[settings.source](settings, limiter)
 
 
 def build_webhooks(settings: Settings, *, require_uuid: bool) -> dict[str, WebhookAdapter]:
@@ -90,5 +85,4 @@ __all__ = [
     "build_source",
     "build_webhooks",
     "integration",
-    "source_name",
 ]

@@ -34,6 +34,7 @@ from worker.journey import (
     Technology,
 )
 from worker.ratelimit import SharedRateLimiter
+from worker.sandbox import sample_datafast_client
 from worker.source import Source, parse_envelope
 
 
@@ -390,7 +391,8 @@ class DataFastSource(Source):
 
     @classmethod
     def configured(cls, settings: Settings) -> bool:
-        return settings.datafast_api_key is not None or bool(settings.websites)
+        # Sandbox mode: answered in-process with sample profiles (worker/sandbox.py).
+        return settings.datafast_api_key is not None or bool(settings.websites) or settings.sandbox
 
     def build_client(self, settings: Settings, limiter: SharedRateLimiter) -> ServiceClient:
         return self._client(
@@ -412,6 +414,7 @@ class DataFastSource(Source):
             limiter=limiter,
             rate=settings.datafast_rate_limit,
             headers=bearer_headers(key),
+            client=sample_datafast_client() if settings.sandbox else None,
         )
         # A dft_ account token names the website on every request.
         token = key.get_secret_value() if key is not None else ""
