@@ -24,6 +24,7 @@ from config import ConfigError, Rate, load_settings
 from worker.errors import Rejected
 from worker.events import Event
 from worker.firstrun import first_run_env, write_first_run_env
+from worker.integrations import SINKS
 from worker.integrations.console import ConsoleSink
 from worker.integrations.datafast import DataFastSource
 from worker.ratelimit import SharedRateLimiter
@@ -41,6 +42,35 @@ def test_sandbox_is_refused_with_a_real_provider_key() -> None:
     assert "SANDBOX" in message and "DATAFAST_API_KEY" in message and "HUBSPOT_TOKEN" in message
     assert "df_live" not in message
     assert load_settings(sandbox=True).sandbox is True
+
+
+# Secrets that only check what others send us (or reach no provider): sandbox keeps them.
+INBOUND_OR_OWN_SECRETS = {
+    "webhook_secret",
+    "rocketchat_webhook_token",
+    "zendesk_webhook_secret",
+    "intercom_client_secret",
+    "helpscout_webhook_secret",
+    "freshdesk_webhook_token",
+    "crisp_webhook_key",
+    "plain_webhook_secret",
+    "stripe_webhook_secret",
+    "clerk_webhook_secret",
+    "hubspot_app_secret",
+    "outbound_webhook_secret",
+    "sentry_dsn",
+    "console_password",
+    "metrics_token",
+}
+
+
+def test_every_outbound_secret_is_refused_in_sandbox_mode() -> None:
+    # A new system's credential must be placed: refused in sandbox mode, or listed above.
+    from config.settings import SANDBOX_REFUSES, Settings
+
+    secrets = {n for n, f in Settings.model_fields.items() if "SecretStr" in str(f.annotation)}
+    assert secrets - INBOUND_OR_OWN_SECRETS <= set(SANDBOX_REFUSES)
+    assert set(SANDBOX_REFUSES) <= set(Settings.model_fields)
 
 
 def test_the_sample_journey_is_datafast_shaped_and_stable_per_visitor() -> None:
@@ -156,9 +186,7 @@ def test_send_posts_a_signed_event_that_is_delivered_to_the_console_sink(svc: Se
     assert status["state"] == "delivered"
     assert status["sinks"]["console"]["state"] == "delivered"
     notes = ConsoleSink.kept(svc.redis, svc.prefix, event_id)
-    assert [n.sink for n in notes] == sorted(
-        ["hubspot", "zendesk", "slack", "rocketchat", "discord", "teams", "telegram"]
-    )
+    assert [n.sink for n in notes] == sorted(s.name for s in SINKS if s.name != "console")
     zendesk = next(n for n in notes if n.sink == "zendesk")
     assert f"visitor-enrich:{event_id}" in zendesk.body and "Visitor journey" in zendesk.body
     for name in ("worker0", "web"):
@@ -194,7 +222,8 @@ def test_the_console_sink_keeps_a_note_per_format(
     result = sink.deliver(event, context, Note(""))
     assert result.external_id == "console:evt_keep"
     assert sink.already_delivered(event) is True
-    assert len(ConsoleSink.kept(redis_client, key_prefix, "evt_keep")) == 7
+    kept = ConsoleSink.kept(redis_client, key_prefix, "evt_keep")
+    assert {n.sink for n in kept} == {s.name for s in SINKS if s.name != "console"}
     ConsoleSink.set_failing(redis_client, key_prefix, True)
     from worker.errors import Unavailable
 
