@@ -7,6 +7,7 @@ The console's health page and the Prometheus gauges both read it (worker/metrics
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import time
 from dataclasses import dataclass
@@ -34,7 +35,10 @@ def last_error_key(prefix: str, system: str) -> str:
 def record_error(client: redis.Redis, prefix: str, system: str, message: str) -> None:
     """Keep the last error a system gave (a day), for the health page."""
     entry = json.dumps({"at": time.time(), "message": message[:300]})
-    client.set(last_error_key(prefix, system), entry, ex=86400)
+    # Only the health page loses this when Redis fails; the error being raised must not be
+    # replaced by Redis's.
+    with contextlib.suppress(redis.RedisError):
+        client.set(last_error_key(prefix, system), entry, ex=86400)
 
 
 def use_bucket_key(prefix: str, system: str, now: float) -> str:
