@@ -326,9 +326,8 @@ class Settings(BaseSettings):
     sentry_dsn: OptionalSecret = None
     log_level: str = "INFO"
 
-    # Operator surfaces. SANDBOX: a built-in sample source and a ``console`` sink that keeps
-    # what would be posted; refused together with any real provider key.
-    sandbox: bool = False
+    # Operator surfaces (SANDBOX, above, also turns on DataFast answered in-process with
+    # sample journeys and the ``console`` sink, and is refused with any real provider key).
     # The console at /console is off (404) until this is set.
     console_password: OptionalSecret = None
     # Bearer token /metrics asks for when set.

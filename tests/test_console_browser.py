@@ -160,7 +160,7 @@ def test_a_form_post_without_its_csrf_token_is_refused(signed_in: Page, svc: Ser
     page = signed_in
     page.goto(f"{svc.url}/console/events")
     expect(page).to_have_url(re.compile(r"/console/events$"))  # signed in
-    before = len(svc.redis.zrange(f"{svc.prefix}recent", 0, -1))
+    before = len(svc.redis.zrange(f"{svc.prefix}journeys", 0, -1))
     response = page.request.post(
         f"{svc.url}/console/sandbox/send", form={"type": "signup", "email": "x@example.com"}
     )
@@ -170,7 +170,7 @@ def test_a_form_post_without_its_csrf_token_is_refused(signed_in: Page, svc: Ser
         f"{svc.url}/console/sandbox/send", form={"type": "signup", "csrf": "forged"}
     )
     assert forged.status == 403
-    assert len(svc.redis.zrange(f"{svc.prefix}recent", 0, -1)) == before
+    assert len(svc.redis.zrange(f"{svc.prefix}journeys", 0, -1)) == before
 
 
 def test_a_sandbox_event_is_delivered_and_its_notes_are_shown(

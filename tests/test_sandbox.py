@@ -30,6 +30,7 @@ from worker.integrations.datafast import DataFastSource
 from worker.ratelimit import SharedRateLimiter
 from worker.sandbox import SandboxRequestRefused, sample_profile, sandbox_client
 from worker.sink import Note
+from worker.store import EventStore
 
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,6 +62,7 @@ INBOUND_OR_OWN_SECRETS = {
     "sentry_dsn",
     "console_password",
     "metrics_token",
+    "api_token",
 }
 
 
@@ -185,7 +187,7 @@ def test_send_posts_a_signed_event_that_is_delivered_to_the_console_sink(svc: Se
     status = svc.wait_for_state(event_id, timeout=5 + (time.monotonic() - started))
     assert status["state"] == "delivered"
     assert status["sinks"]["console"]["state"] == "delivered"
-    notes = ConsoleSink.kept(svc.redis, svc.prefix, event_id)
+    notes = ConsoleSink.kept(EventStore(svc.redis, svc.prefix, 3600), event_id)
     assert [n.sink for n in notes] == sorted(s.name for s in SINKS if s.name != "console")
     zendesk = next(n for n in notes if n.sink == "zendesk")
     assert f"visitor-enrich:{event_id}" in zendesk.body and "Visitor journey" in zendesk.body
@@ -209,23 +211,33 @@ def test_send_with_a_wrong_secret_is_refused(svc: Service) -> None:
     assert "refused: 401" in sent.stderr
 
 
-def test_the_console_sink_keeps_a_note_per_format(
+def test_the_console_sink_keeps_a_note_per_format_with_the_event(
     redis_client: redis.Redis, key_prefix: str
 ) -> None:
     from worker.journey import JourneyContext
 
     settings = load_settings(sandbox=True, redis_key_prefix=key_prefix)
+    store = EventStore(redis_client, key_prefix, 3600)
     sink = ConsoleSink(settings, SharedRateLimiter(redis_client, key_prefix))
-    event = Event(id="evt_keep", type="signup", visitor_id="v1", email="a@b.co")
     context = JourneyContext.not_found("DataFast", "v1", "no such visitor")
-    assert sink.already_delivered(event) is False
-    result = sink.deliver(event, context, Note(""))
-    assert result.external_id == "console:evt_keep"
-    assert sink.already_delivered(event) is True
-    kept = ConsoleSink.kept(redis_client, key_prefix, "evt_keep")
+    events = {}
+    for event_id in ("evt_keep", "evt_erase", "evt_scrub"):
+        event = Event(id=event_id, type="signup", visitor_id="v1", email="a@b.co")
+        store.accept(event)
+        events[event_id] = event
+        assert sink.already_delivered(event) is False
+        result = sink.deliver(event, context, Note(""))
+        assert result.external_id == f"console:{event_id}"
+        assert sink.already_delivered(event) is True
+    kept = ConsoleSink.kept(store, "evt_keep")
     assert {n.sink for n in kept} == {s.name for s in SINKS if s.name != "console"}
+    assert all("no such visitor" in n.body for n in kept if n.sink == "zendesk")
+    # Personal data: erased and scrubbed with the event.
+    store.erase_events({"evt_erase": events["evt_erase"]})
+    store.scrub_event("evt_scrub")
+    assert ConsoleSink.kept(store, "evt_erase") == [] == ConsoleSink.kept(store, "evt_scrub")
     ConsoleSink.set_failing(redis_client, key_prefix, True)
     from worker.errors import Unavailable
 
     with pytest.raises(Unavailable):
-        sink.deliver(event, context, Note(""))
+        sink.deliver(events["evt_keep"], context, Note(""))

@@ -51,6 +51,8 @@ SinkState = Literal["pending", "posting", "delivered", "skipped", "failed", "dea
 FINAL_EVENT_STATES = frozenset({"delivered", "partially_delivered", "failed", "dead"})
 TERMINAL_SINK_STATES = frozenset({"delivered", "skipped", "failed", "dead"})
 MAX_STEPS = 200
+# The event hash's field with the notes the sandbox's console sink kept (personal data).
+KEPT_NOTES_FIELD = "kept_notes"
 
 
 def _now() -> str:
@@ -497,7 +499,7 @@ class EventStore:
                 # in flight forever.
                 fields |= {"state": "failed", "updated_at": _now()}
                 pipe.zrem(self._inflight_key, event_id)
-            pipe.hdel(key, "event", "context", "reason")
+            pipe.hdel(key, "event", "context", "reason", KEPT_NOTES_FIELD)
             pipe.hset(key, mapping=fields)
             if records:
                 pipe.hset(
@@ -745,6 +747,15 @@ class EventStore:
             "steps": stored,
             **({"retention": data["retention"]} if data.get("retention") else {}),
         }
+
+    def keep_notes(self, event_id: str, notes: dict[str, str]) -> None:
+        """Keep what the sandbox's console sink would have posted, by sink (JSON each): in the
+        event's own hash, so retention and erasure remove it with the event's personal data."""
+        self.redis.hset(self._event_key(event_id), KEPT_NOTES_FIELD, orjson.dumps(notes))
+
+    def kept_notes(self, event_id: str) -> dict[str, str] | None:
+        raw = self.redis.hget(self._event_key(event_id), KEPT_NOTES_FIELD)
+        return dict(orjson.loads(raw)) if raw else None
 
     def recent_ids(self, limit: int) -> list[str]:
         """The ids of the ``limit`` events accepted last, newest first (the console's list):

@@ -333,7 +333,7 @@ def _notes(rt: Runtime, snapshot: EventSnapshot | None) -> list[RenderedNote]:
     if snapshot is None:
         return []
     event, context = snapshot.event, snapshot.context
-    kept = ConsoleSink.kept(rt.redis, rt.settings.redis_key_prefix, event.id)
+    kept = ConsoleSink.kept(rt.store, event.id)
     if kept or context is None:
         return kept
     return [

@@ -8,7 +8,6 @@ see retries, a dead letter and a replay without a real outage.
 
 from __future__ import annotations
 
-import orjson
 import redis
 
 from config import Rate, Settings
@@ -22,6 +21,7 @@ from worker.notes import RenderedNote, render_all
 from worker.ratelimit import SharedRateLimiter
 from worker.sandbox import sandbox_client
 from worker.sink import DeliveryResult, Note, Sink
+from worker.store import EventStore
 
 
 class ConsoleSink(Sink):
@@ -35,10 +35,6 @@ class ConsoleSink(Sink):
     def build_client(self, settings: Settings, limiter: SharedRateLimiter) -> ServiceClient:
         self._redis: redis.Redis = limiter.redis
         return sandbox_client(self.name, settings, limiter, Rate(100, 1))
-
-    @staticmethod
-    def _kept_key(prefix: str, event_id: str) -> str:
-        return f"{prefix}event:{event_id}:console"
 
     @staticmethod
     def _failing_key(prefix: str) -> str:
@@ -56,10 +52,15 @@ class ConsoleSink(Sink):
             client.delete(cls._failing_key(prefix))
 
     @classmethod
-    def kept(cls, client: redis.Redis, prefix: str, event_id: str) -> list[RenderedNote]:
-        raw = client.hgetall(cls._kept_key(prefix, event_id))
-        notes = [RenderedNote.model_validate_json(v) for v in raw.values()]
+    def kept(cls, store: EventStore, event_id: str) -> list[RenderedNote]:
+        notes = [
+            RenderedNote.model_validate_json(v) for v in (store.kept_notes(event_id) or {}).values()
+        ]
         return sorted(notes, key=lambda n: n.sink)
+
+    def _store(self) -> EventStore:
+        settings = self.settings
+        return EventStore(self._redis, settings.redis_key_prefix, settings.event_retention_seconds)
 
     def deliver(self, event: Event, context: JourneyContext, note: Note) -> DeliveryResult:
         prefix = self.settings.redis_key_prefix
@@ -68,18 +69,13 @@ class ConsoleSink(Sink):
             health.record_error(self._redis, prefix, self.name, message)
             raise Unavailable(message, service=self.name)
         notes = render_all(self.settings, event, context)
-        key = self._kept_key(prefix, event.id)
-        pipe = self._redis.pipeline(transaction=False)
-        pipe.hset(key, mapping={n.sink: orjson.dumps(n.model_dump()) for n in notes})
-        pipe.expire(key, self.settings.event_retention_seconds)
-        pipe.execute()
+        self._store().keep_notes(event.id, {n.sink: n.model_dump_json() for n in notes})
         return DeliveryResult(
             external_id=f"console:{event.id}", detail=f"kept {len(notes)} rendered notes"
         )
 
     def already_delivered(self, event: Event) -> bool | None:
-        key = self._kept_key(self.settings.redis_key_prefix, event.id)
-        return bool(self._redis.exists(key))
+        return self._store().kept_notes(event.id) is not None
 
     def check(self) -> str:
         return "sandbox: keeps rendered notes for the console, posts nothing"
