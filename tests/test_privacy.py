@@ -105,13 +105,15 @@ def test_api_token_may_list_two_tokens_for_rotation(isolation: tuple[str, str]) 
 
 
 def test_sandbox_leaves_the_status_api_open_and_says_so(isolation: tuple[str, str]) -> None:
-    with _app(isolation, sandbox=True) as client:
+    # Sandbox mode refuses a real provider key (it answers DataFast itself).
+    sandbox = {"sandbox": True, "datafast_api_key": None}
+    with _app(isolation, **sandbox) as client:
         event_id = _accepted(client)
         response = client.get(f"/v1/events/{event_id}")
         assert response.status_code == 200
         assert "SANDBOX=true" in response.headers["x-visitor-enrich-access"]
     # A token set wins over sandbox mode.
-    with _app(isolation, sandbox=True, api_token=TEST_API_TOKEN) as client:
+    with _app(isolation, **sandbox, api_token=TEST_API_TOKEN) as client:
         assert client.get(f"/v1/events/{event_id}").status_code == 401
 
 
