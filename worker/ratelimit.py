@@ -1,20 +1,30 @@
 """One request rate per upstream service, shared by every worker process through Redis.
 
-Each service keeps a log of grant times in a Redis sorted set; a Lua script admits a request
-only while fewer than N grants lie in the last window, so no window of that length ever holds
-more than N requests from all workers together. Times come from the Redis server's clock, so
-hosts with skewed clocks still agree.
+Each service keeps a log of reserved send times in a Redis sorted set; a Lua script gives a
+request the earliest time at which no window of that length holds more than N sends from all
+workers together, records it, and the caller sleeps until then. Times come from the Redis
+server's clock, so hosts with skewed clocks still agree.
 
 Why not the ``limits`` library's moving window (tried first): its windows are whole seconds
 and a request counts from the moment it is granted, while the provider counts it when it
 *arrives*, a few milliseconds later and by a varying amount. With waiting threads all
 woken at the window's edge, that jitter regularly put N+1 arrivals inside one provider
-window (measured by ``bench`` quota scenario: 64-206 429s per 2000 requests). Here every grant
-counts for the window *plus* ``margin`` (100 ms), which absorbs the jitter, and the provider
-pause (a 429's ``Retry-After``) is checked in the same round trip.
+window (measured by ``bench`` quota scenario: 64-206 429s per 2000 requests). Here every send
+counts for the window *plus* ``margin``, which absorbs the jitter, and the provider pause (a
+429's ``Retry-After``) is checked in the same round trip.
+
+Why reservations rather than "try, sleep until the oldest grant leaves, try again" (the
+previous version, 0.915 of the quota): every waiting thread woke at the same instant and raced
+for the freed slots, so the winners' sends left in a burst whose spread (thread wake-ups, the
+provider serving them one by one) needed a 100 ms margin, i.e. N per 1.1 s at best. A
+reservation names one time per request: nobody races, the sends leave spread as they were
+reserved, and the jitter left is one thread's wake-up, which a 30 ms margin covers
+(N per 1.03 s at best).
 
 Waiting is bounded: a caller that would wait longer than ``max_wait`` gets ``Throttled`` and
-its task is re-scheduled without using up an attempt.
+its task is re-scheduled without using up an attempt. A time is reserved only when it is at
+most ``RESERVE_AHEAD_SECONDS`` away; a caller further back polls (at most once a second), so a
+provider pause that starts meanwhile still holds it.
 """
 
 from __future__ import annotations
@@ -29,12 +39,18 @@ from config import Rate
 from worker.circuit import CircuitBreaker
 from worker.errors import Throttled
 
-DEFAULT_MARGIN_SECONDS = 0.1
+DEFAULT_MARGIN_SECONDS = 0.03
+# A send time is reserved only this close to now; further back a caller polls instead.
+RESERVE_AHEAD_SECONDS = 1.0
 
-# KEYS[1]: the grant log (sorted set), KEYS[2]: the pause key (value: unix ms until), and
-# with a circuit breaker KEYS[3]: its open flag, KEYS[4]: its failure counter.
-# ARGV: limit, window_ms, member. Returns {0, 0, failures counted (0/1)} when granted,
-# {1, wait_ms} while held by the limit or a pause, {2, ms left} while the circuit is open.
+# KEYS[1]: the send log (sorted set of reserved send times, ms), KEYS[2]: the pause key
+# (value: unix ms until), and with a circuit breaker KEYS[3]: its open flag, KEYS[4]: its
+# failure counter. ARGV: limit, window_ms, member, reserve_ahead_ms.
+# The earliest send time is the latest of: now, the end of a pause, and the N-th latest
+# reserved time + window (so no window of that length holds N+1 sends; times are appended in
+# order, so that is the only window the new one can overfill).
+# Returns {0, wait_ms, failures counted (0/1)} when a time was reserved (wait_ms from now),
+# {1, wait_ms} when it is further than reserve_ahead_ms, {2, ms left} while the circuit is open.
 _ACQUIRE = """
 if #KEYS > 2 then
   local open = redis.call('PTTL', KEYS[3])
@@ -42,20 +58,25 @@ if #KEYS > 2 then
 end
 local now_t = redis.call('TIME')
 local now = tonumber(now_t[1]) * 1000 + math.floor(tonumber(now_t[2]) / 1000)
-local paused = tonumber(redis.call('GET', KEYS[2]) or '0')
-if paused > now then return {1, paused - now} end
 local limit = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
+local at = now
+local paused = tonumber(redis.call('GET', KEYS[2]) or '0')
+if paused > at then at = paused end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
-if redis.call('ZCARD', KEYS[1]) < limit then
-  redis.call('ZADD', KEYS[1], now, ARGV[3])
-  redis.call('PEXPIRE', KEYS[1], window + 1000)
-  local failures = 0
-  if #KEYS > 3 then failures = redis.call('EXISTS', KEYS[4]) end
-  return {0, 0, failures}
+if redis.call('ZCARD', KEYS[1]) >= limit then
+  local nth = redis.call('ZRANGE', KEYS[1], -limit, -limit, 'WITHSCORES')
+  local free = tonumber(nth[2]) + window
+  if free > at then at = free end
 end
-local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-return {1, math.max(1, tonumber(oldest[2]) + window - now)}
+local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+if last[2] and tonumber(last[2]) > at then at = tonumber(last[2]) end
+if at - now > tonumber(ARGV[4]) then return {1, math.max(1, at - now)} end
+redis.call('ZADD', KEYS[1], at, ARGV[3])
+redis.call('PEXPIRE', KEYS[1], at - now + window + 1000)
+local failures = 0
+if #KEYS > 3 then failures = redis.call('EXISTS', KEYS[4]) end
+return {0, at - now, failures}
 """
 
 # KEYS[1]: the pause key. ARGV[1]: seconds (as ms). Keeps the later of two deadlines, so two
@@ -112,18 +133,22 @@ class SharedRateLimiter:
         """Seconds left on a pause of ``service`` (0 when none)."""
         return int(self._remaining(keys=[self._pause_key(service)])) / 1000
 
-    def _try(self, service: str, rate: Rate, circuit: CircuitBreaker | None) -> list[int]:
+    def _try(
+        self, service: str, rate: Rate, circuit: CircuitBreaker | None, ahead: float
+    ) -> list[int]:
         window_ms = int((rate.seconds + self.margin) * 1000)
         keys = [self._log_key(service), self._pause_key(service)]
         if circuit is not None:
             failures_key, open_key = circuit.keys(service)
             keys += [open_key, failures_key]
-        reply = self._acquire(keys=keys, args=[rate.amount, window_ms, uuid.uuid4().hex])
+        args = [rate.amount, window_ms, uuid.uuid4().hex, int(ahead * 1000)]
+        reply = self._acquire(keys=keys, args=args)
         return [int(v) for v in reply]
 
     def try_acquire(self, service: str, rate: Rate) -> float:
-        """Take one slot now if there is one: 0.0 when granted, else seconds to wait."""
-        code, wait_ms, *_ = self._try(service, rate, None)
+        """Take one send now if the limit allows it: 0.0 when taken, else seconds to wait
+        (nothing reserved)."""
+        code, wait_ms, *_ = self._try(service, rate, None, 0.0)
         return 0.0 if code == 0 else wait_ms / 1000
 
     def acquire(
@@ -141,16 +166,22 @@ class SharedRateLimiter:
         knows whether it has a count to reset."""
         deadline = time.monotonic() + max_wait
         while True:
-            code, wait_ms, *rest = self._try(service, rate, circuit)
+            ahead = min(RESERVE_AHEAD_SECONDS, max(0.0, deadline - time.monotonic()))
+            code, wait_ms, *rest = self._try(service, rate, circuit, ahead)
+            wait = wait_ms / 1000
             if code == 0:
+                if wait > 0:
+                    # The time is ours: sleep to it and go (the caller built its request
+                    # beforehand, so it leaves right after).
+                    self._sleep(wait)
                 return bool(rest and rest[0])
             if code == 2 and circuit is not None:
                 raise circuit.open_error(service, wait_ms)
-            wait = wait_ms / 1000
             if time.monotonic() + wait > deadline:
                 raise Throttled(
                     f"held by the shared rate limit ({rate}) for {wait:.1f}s",
                     service=service,
                     retry_after=wait,
                 )
-            self._sleep(min(wait, 1.0))
+            # Come back when a reservation is within reach (or in a second, for a pause).
+            self._sleep(min(max(wait - RESERVE_AHEAD_SECONDS, 0.01), 1.0))
