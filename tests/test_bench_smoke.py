@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SCENARIOS = ("ingest", "queue", "quota", "naive", "memory", "recovery")
+SCENARIOS = ("ingest", "queue", "quota", "naive", "memory", "recovery", "latency", "cache")
 
 
 @pytest.mark.e2e

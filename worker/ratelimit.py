@@ -18,13 +18,15 @@ previous version, 0.915 of the quota): every waiting thread woke at the same ins
 for the freed slots, so the winners' sends left in a burst whose spread (thread wake-ups, the
 provider serving them one by one) needed a 100 ms margin, i.e. N per 1.1 s at best. A
 reservation names one time per request: nobody races, the sends leave spread as they were
-reserved, and the jitter left is one thread's wake-up, which a 30 ms margin covers
-(N per 1.03 s at best).
+reserved (spaced, see ``SPACING_FRACTION``), and the jitter left is one thread's wake-up. A
+thread that wakes (or gets the GIL) more than a quarter of the margin after its time does not
+send on it: it moves its time to now, or reserves again, so a 40 ms margin covers the rest
+(N per 1.04 s at best, 0.96 of the quota).
 
 Waiting is bounded: a caller that would wait longer than ``max_wait`` gets ``Throttled`` and
 its task is re-scheduled without using up an attempt. A time is reserved only when it is at
-most ``RESERVE_AHEAD_SECONDS`` away; a caller further back polls (at most once a second), so a
-provider pause that starts meanwhile still holds it.
+most ``RESERVE_AHEAD_SECONDS`` (and half a window) away; a caller further back polls (at most
+once a second), so a provider pause that starts meanwhile still holds it.
 """
 
 from __future__ import annotations
@@ -39,16 +41,36 @@ from config import Rate
 from worker.circuit import CircuitBreaker
 from worker.errors import Throttled
 
-DEFAULT_MARGIN_SECONDS = 0.03
+DEFAULT_MARGIN_SECONDS = 0.04
+# A caller that gets to send its request later than this after its reserved time (a thread
+# that waited for the GIL or the CPU) does not send on the stale time: a late send moves
+# towards the window of the requests reserved after it. It moves its reservation to now when
+# no window then holds more than N (the usual case: the requests that depend on its time are
+# not reserved yet), else gives it back and reserves again. A quarter of the margin: the rest
+# covers what happens after this check (the write, the provider's own scheduling), which no
+# check here can see.
+LATE_FRACTION = 0.25
+# How often a late caller reserves again before it sends anyway (a 429 then pauses everyone).
+MAX_RESERVATIONS = 4
+# Reserved times are at least this fraction of (window / N) apart. Without it the first N
+# requests of a busy moment are reserved for the same instant, and that burst repeats every
+# window: N threads waking at once, racing for the GIL, the provider taking them one by one,
+# which spread their arrivals by more than the margin. A quarter keeps a burst of N within a
+# quarter of the window (20/s: 12.5 ms apart, all 20 within 240 ms).
+SPACING_FRACTION = 0.25
+# How often a late caller reserves again before it sends anyway (a 429 then pauses everyone).
+MAX_RESERVATIONS = 4
 # A send time is reserved only this close to now; further back a caller polls instead.
+# (At most half the window: a request N places later is then reserved only once its
+# predecessor is more than half a window past its time, so a late predecessor can still move.)
 RESERVE_AHEAD_SECONDS = 1.0
 
 # KEYS[1]: the send log (sorted set of reserved send times, ms), KEYS[2]: the pause key
 # (value: unix ms until), and with a circuit breaker KEYS[3]: its open flag, KEYS[4]: its
-# failure counter. ARGV: limit, window_ms, member, reserve_ahead_ms.
-# The earliest send time is the latest of: now, the end of a pause, and the N-th latest
-# reserved time + window (so no window of that length holds N+1 sends; times are appended in
-# order, so that is the only window the new one can overfill).
+# failure counter. ARGV: limit, window_ms, member, reserve_ahead_ms, spacing_ms.
+# The earliest send time is the latest of: now, the end of a pause, the N-th latest reserved
+# time + window (so no window of that length holds N+1 sends; times are appended in order, so
+# that is the only window the new one can overfill) and the latest reserved time + spacing.
 # Returns {0, wait_ms, failures counted (0/1)} when a time was reserved (wait_ms from now),
 # {1, wait_ms} when it is further than reserve_ahead_ms, {2, ms left} while the circuit is open.
 _ACQUIRE = """
@@ -70,7 +92,9 @@ if redis.call('ZCARD', KEYS[1]) >= limit then
   if free > at then at = free end
 end
 local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
-if last[2] and tonumber(last[2]) > at then at = tonumber(last[2]) end
+if last[2] and tonumber(last[2]) + tonumber(ARGV[5]) > at then
+  at = tonumber(last[2]) + tonumber(ARGV[5])
+end
 if at - now > tonumber(ARGV[4]) then return {1, math.max(1, at - now)} end
 redis.call('ZADD', KEYS[1], at, ARGV[3])
 redis.call('PEXPIRE', KEYS[1], at - now + window + 1000)
@@ -88,6 +112,36 @@ local untl = now + tonumber(ARGV[1])
 local current = tonumber(redis.call('GET', KEYS[1]) or '0')
 if current >= untl then return 0 end
 redis.call('SET', KEYS[1], untl, 'PX', tonumber(ARGV[1]))
+return 1
+"""
+
+# KEYS[1]: the send log. ARGV: member, window_ms, limit. Moves a reserved time to now when
+# every window that now newly holds it stays within the limit: the window ending now, and
+# those ending at the reserved times within one window after now. Returns 1 when moved, 0
+# when not (the old time is kept; the caller gives it back and reserves again).
+_MOVE = """
+local old = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not old then return 0 end
+local now_t = redis.call('TIME')
+local now = tonumber(now_t[1]) * 1000 + math.floor(tonumber(now_t[2]) / 1000)
+local window = tonumber(ARGV[2])
+local limit = tonumber(ARGV[3])
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+local fits = redis.call('ZCOUNT', KEYS[1], '(' .. (now - window), now) <= limit
+if fits then
+  local later = redis.call('ZRANGEBYSCORE', KEYS[1], now, '(' .. (now + window), 'WITHSCORES')
+  for i = 2, #later, 2 do
+    local at = tonumber(later[i])
+    if redis.call('ZCOUNT', KEYS[1], '(' .. (at - window), at) > limit then
+      fits = false
+      break
+    end
+  end
+end
+if not fits then
+  redis.call('ZADD', KEYS[1], old, ARGV[1])
+  return 0
+end
 return 1
 """
 
@@ -117,6 +171,7 @@ class SharedRateLimiter:
         self._acquire = redis_client.register_script(_ACQUIRE)
         self._pause = redis_client.register_script(_PAUSE)
         self._remaining = redis_client.register_script(_REMAINING)
+        self._move = redis_client.register_script(_MOVE)
 
     def _pause_key(self, service: str) -> str:
         return f"{self.prefix}pause:{service}"
@@ -134,14 +189,23 @@ class SharedRateLimiter:
         return int(self._remaining(keys=[self._pause_key(service)])) / 1000
 
     def _try(
-        self, service: str, rate: Rate, circuit: CircuitBreaker | None, ahead: float
+        self,
+        service: str,
+        rate: Rate,
+        circuit: CircuitBreaker | None,
+        ahead: float,
+        member: str | None = None,
     ) -> list[int]:
         window_ms = int((rate.seconds + self.margin) * 1000)
         keys = [self._log_key(service), self._pause_key(service)]
         if circuit is not None:
             failures_key, open_key = circuit.keys(service)
             keys += [open_key, failures_key]
-        args = [rate.amount, window_ms, uuid.uuid4().hex, int(ahead * 1000)]
+        # Spacing smooths the sends of callers that wait anyway; one that cannot wait (a
+        # probe) is held only by the limit itself.
+        spacing = rate.seconds / rate.amount * SPACING_FRACTION if ahead > 0 else 0.0
+        spacing_ms = int(spacing * 1000)
+        args = [rate.amount, window_ms, member or uuid.uuid4().hex, int(ahead * 1000), spacing_ms]
         reply = self._acquire(keys=keys, args=args)
         return [int(v) for v in reply]
 
@@ -165,15 +229,28 @@ class SharedRateLimiter:
         raises at once); returns whether that circuit is counting failures, so a success
         knows whether it has a count to reset."""
         deadline = time.monotonic() + max_wait
+        late_limit = self.margin * LATE_FRACTION
+        reservations = 0
+        reserve_ahead = min(RESERVE_AHEAD_SECONDS, rate.seconds / 2)
         while True:
-            ahead = min(RESERVE_AHEAD_SECONDS, max(0.0, deadline - time.monotonic()))
-            code, wait_ms, *rest = self._try(service, rate, circuit, ahead)
+            ahead = min(reserve_ahead, max(0.0, deadline - time.monotonic()))
+            member = uuid.uuid4().hex
+            asked = time.monotonic()
+            code, wait_ms, *rest = self._try(service, rate, circuit, ahead, member)
             wait = wait_ms / 1000
             if code == 0:
                 if wait > 0:
                     # The time is ours: sleep to it and go (the caller built its request
                     # beforehand, so it leaves right after).
                     self._sleep(wait)
+                reservations += 1
+                # An upper bound of the lateness (it includes the round trip).
+                late = time.monotonic() - (asked + wait)
+                if late > late_limit and reservations < MAX_RESERVATIONS:
+                    if self._moved(service, rate, member):
+                        return bool(rest and rest[0])
+                    self.redis.zrem(self._log_key(service), member)
+                    continue
                 return bool(rest and rest[0])
             if code == 2 and circuit is not None:
                 raise circuit.open_error(service, wait_ms)
@@ -184,4 +261,11 @@ class SharedRateLimiter:
                     retry_after=wait,
                 )
             # Come back when a reservation is within reach (or in a second, for a pause).
-            self._sleep(min(max(wait - RESERVE_AHEAD_SECONDS, 0.01), 1.0))
+            self._sleep(min(max(wait - reserve_ahead, 0.01), 1.0))
+
+    def _moved(self, service: str, rate: Rate, member: str) -> bool:
+        """Move a late caller's reserved time to now if no window then holds more than N."""
+        window_ms = int((rate.seconds + self.margin) * 1000)
+        return bool(
+            self._move(keys=[self._log_key(service)], args=[member, window_ms, rate.amount])
+        )
