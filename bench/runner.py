@@ -96,6 +96,7 @@ def build_options(args: argparse.Namespace) -> Options:
             cache_events=40,
             cache_visitors=8,
             cache_seconds=2.0,
+            cache_workers=1,
         )
     else:
         opts = Options()
