@@ -24,7 +24,7 @@ from worker.journey import JourneyContext
 from worker.parallel import run_each
 from worker.ratelimit import SharedRateLimiter
 from worker.runtime import Runtime
-from worker.sinks.base import DeliveryResult, Sink
+from worker.sink import DeliveryResult, Note, Sink
 from worker.store import EventStore
 
 SINK_SECONDS = 0.4
@@ -57,7 +57,7 @@ class SlowSink(Sink):
             rate=settings.zendesk_rate_limit,
         )
 
-    def deliver(self, event: Event, context: JourneyContext) -> DeliveryResult:
+    def deliver(self, event: Event, context: JourneyContext, note: Note) -> DeliveryResult:
         self.seen = {
             "thread": threading.get_ident(),
             "request": REQUEST.get(),

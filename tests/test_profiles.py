@@ -14,9 +14,10 @@ import pytest
 import redis
 
 from worker.errors import Unavailable, VisitorNotFound
+from worker.integrations.datafast import DataFastSource
+from worker.integrations.postmetric import PostMetricSource
 from worker.journey import JourneyContext
 from worker.profiles import ProfileCache
-from worker.sources import DataFastSource, PostMetricSource
 
 IDENTITY = "site-a"
 
@@ -180,13 +181,13 @@ def test_source_identity_follows_the_credentials_and_hides_them(
         settings = load_settings(**{"datafast_api_key": "df_site_a", **overrides})
         return DataFastSource(settings, limiter)
 
-    a = datafast().cache_identity
-    assert a == datafast().cache_identity
-    assert a != datafast(datafast_api_key="df_site_b").cache_identity
-    assert a != datafast(datafast_base_url="https://eu.datafa.st").cache_identity
-    account = datafast(datafast_api_key="dft_account", datafast_website_id="w1").cache_identity
+    a = datafast().cache_identity()
+    assert a == datafast().cache_identity()
+    assert a != datafast(datafast_api_key="df_site_b").cache_identity()
+    assert a != datafast(datafast_base_url="https://eu.datafa.st").cache_identity()
+    account = datafast(datafast_api_key="dft_account", datafast_website_id="w1").cache_identity()
     other_site = datafast(datafast_api_key="dft_account", datafast_website_id="w2")
-    assert account != other_site.cache_identity
+    assert account != other_site.cache_identity()
     postmetric = PostMetricSource(
         load_settings(
             source="postmetric",
@@ -195,8 +196,13 @@ def test_source_identity_follows_the_credentials_and_hides_them(
         ),
         limiter,
     )
-    assert postmetric.cache_identity != a
+    assert postmetric.cache_identity() != a
     assert "site_a" not in a and len(a) == 16
+    # Several websites (DATAFAST_WEBSITES): each its own identity, the default key's apart.
+    sites = datafast(datafast_websites="shop=df_shop,blog=dft_token:blog-id")
+    shop, blog = sites.cache_identity("shop"), sites.cache_identity("blog")
+    assert len({a, shop, blog}) == 3 and sites.cache_identity(None) == a
+    assert shop == datafast(datafast_api_key="df_shop").cache_identity()
 
 
 # Two processes ---------------------------------------------------------------------------
