@@ -7,32 +7,30 @@ from __future__ import annotations
 import contextvars
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import redis
 import sentry_sdk
+from delivery_support import LocalSink, accepted_event, runtime_for_test
 
-from config import Settings, load_settings
+from config import Settings
 from worker import tasks
 from worker.errors import Unavailable
 from worker.events import Event
-from worker.http import ServiceClient
 from worker.journey import JourneyContext
 from worker.parallel import run_each
 from worker.ratelimit import SharedRateLimiter
 from worker.runtime import Runtime
-from worker.sink import DeliveryResult, Note, Sink
-from worker.store import EventStore
+from worker.sink import DeliveryResult, Note
 
 SINK_SECONDS = 0.4
 # The caller's context, which each sink must see (Celery's and Sentry's state live there).
 REQUEST = contextvars.ContextVar("request", default="")
 
 
-class SlowSink(Sink):
+class SlowSink(LocalSink):
     """Takes ``SINK_SECONDS`` per delivery and notes what it saw while delivering."""
 
     label = "Slow"
@@ -43,19 +41,6 @@ class SlowSink(Sink):
         self.posted: list[str] = []
         self.fail_with: Exception | None = None
         self.seen: dict[str, Any] = {}
-
-    @classmethod
-    def enabled(cls, settings: Settings) -> bool:
-        return True
-
-    def build_client(self, settings: Settings, limiter: SharedRateLimiter) -> ServiceClient:
-        return ServiceClient(
-            "slow",
-            "http://127.0.0.1:9",
-            settings=settings,
-            limiter=limiter,
-            rate=settings.zendesk_rate_limit,
-        )
 
     def deliver(self, event: Event, context: JourneyContext, note: Note) -> DeliveryResult:
         self.seen = {
@@ -75,21 +60,9 @@ NAMES = ("one", "two", "three", "four")
 
 @pytest.fixture
 def runtime() -> Iterator[Runtime]:
-    prefix = f"test-fanout-{uuid.uuid4().hex[:8]}:"
-    settings = load_settings(redis_key_prefix=prefix, max_retries=2, retry_backoff_base=0.1)
-    client = redis.Redis.from_url(settings.redis_url)
-    limiter = SharedRateLimiter(client, prefix)
-    rt = Runtime(
-        settings=settings,
-        redis=client,
-        limiter=limiter,
-        store=EventStore(client, prefix, settings.event_retention_seconds),
-    )
-    rt.sinks = {name: SlowSink(name, settings, limiter) for name in NAMES}
-    yield rt
-    keys = list(client.scan_iter(f"{prefix}*"))
-    if keys:
-        client.delete(*keys)
+    with runtime_for_test("fanout") as rt:
+        rt.sinks = {name: SlowSink(name, rt.settings, rt.limiter) for name in NAMES}
+        yield rt
 
 
 @pytest.fixture
@@ -102,19 +75,6 @@ def scheduled(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, ...]]:
 
     monkeypatch.setattr(tasks.deliver_to_sink, "apply_async", apply_async)
     return calls
-
-
-def _event(rt: Runtime) -> tuple[Event, JourneyContext]:
-    event = Event(
-        id=f"evt_{uuid.uuid4().hex[:10]}",
-        type="support_ticket",
-        ticket_id="1",
-        visitor_id=str(uuid.uuid4()),
-    )
-    assert rt.store.accept(event)
-    context = JourneyContext(provider="DataFast", visitor_id=event.visitor_id or "")
-    rt.store.save_context(event.id, context)
-    return event, context
 
 
 def _fan_out(rt: Runtime, event: Event, context: JourneyContext) -> float:
@@ -135,7 +95,7 @@ def _sink(rt: Runtime, name: str) -> SlowSink:
 def test_four_sinks_take_about_as_long_as_the_slowest(
     runtime: Runtime, scheduled: list[tuple[Any, ...]]
 ) -> None:
-    event, context = _event(runtime)
+    event, context = accepted_event(runtime)
     elapsed = _fan_out(runtime, event, context)
     # One after the other would be 4 x 0.4 s; side by side about 0.4 s (a loaded machine
     # gets some slack, but far from the sum).
@@ -157,7 +117,7 @@ def test_four_sinks_take_about_as_long_as_the_slowest(
 def test_a_failing_sink_does_not_block_the_others(
     runtime: Runtime, scheduled: list[tuple[Any, ...]]
 ) -> None:
-    event, context = _event(runtime)
+    event, context = accepted_event(runtime)
     _sink(runtime, "two").fail_with = Unavailable("503 down", service="slow", status_code=503)
     elapsed = _fan_out(runtime, event, context)
     assert elapsed < 2.5 * SINK_SECONDS, elapsed
@@ -176,7 +136,7 @@ def test_a_sink_whose_bookkeeping_raises_leaves_the_others_delivered(
 ) -> None:
     """An error outside the sink's own error handling (here Redis refusing the claim of one
     sink) fails the task, but only after every other sink was delivered and recorded."""
-    event, context = _event(runtime)
+    event, context = accepted_event(runtime)
     claim = runtime.store.claim_sink
 
     def flaky_claim(event_id: str, sink: str, ttl: float) -> Any:
