@@ -34,6 +34,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import redis
 
@@ -153,6 +154,17 @@ return math.max(0, paused - now)
 """
 
 
+@dataclass(frozen=True)
+class Grant:
+    """One request let go: its entry in the service's send log, whether the circuit breaker
+    was counting failures, and when it was let go (``time.monotonic()``)."""
+
+    service: str
+    member: str
+    failures_counted: bool
+    at: float
+
+
 class SharedRateLimiter:
     """Rate limits and provider pauses for all workers, kept in Redis."""
 
@@ -228,6 +240,17 @@ class SharedRateLimiter:
         With ``circuit``, its open flag is checked in the same round trip (an open circuit
         raises at once); returns whether that circuit is counting failures, so a success
         knows whether it has a count to reset."""
+        return self.reserve(service, rate, max_wait=max_wait, circuit=circuit).failures_counted
+
+    def reserve(
+        self,
+        service: str,
+        rate: Rate,
+        *,
+        max_wait: float,
+        circuit: CircuitBreaker | None = None,
+    ) -> Grant:
+        """``acquire``, returning the grant, so that ``left_late`` can correct its time."""
         deadline = time.monotonic() + max_wait
         late_limit = self.margin * LATE_FRACTION
         reservations = 0
@@ -246,12 +269,11 @@ class SharedRateLimiter:
                 reservations += 1
                 # An upper bound of the lateness (it includes the round trip).
                 late = time.monotonic() - (asked + wait)
-                if late > late_limit and reservations < MAX_RESERVATIONS:
-                    if self._moved(service, rate, member):
-                        return bool(rest and rest[0])
+                too_late = late > late_limit and reservations < MAX_RESERVATIONS
+                if too_late and not self._moved(service, rate, member):
                     self.redis.zrem(self._log_key(service), member)
                     continue
-                return bool(rest and rest[0])
+                return Grant(service, member, bool(rest and rest[0]), time.monotonic())
             if code == 2 and circuit is not None:
                 raise circuit.open_error(service, wait_ms)
             if time.monotonic() + wait > deadline:
@@ -262,6 +284,19 @@ class SharedRateLimiter:
                 )
             # Come back when a reservation is within reach (or in a second, for a pause).
             self._sleep(min(max(wait - reserve_ahead, 0.01), 1.0))
+
+    def left_late(self, grant: Grant, sent_at: float) -> bool:
+        """Say when the granted request was written out (``time.monotonic()``). When that was
+        later than the late limit after the grant (a new connection, a thread or process
+        held up between the grant and the write), its time in the log moves later by as much,
+        so the requests reserved after it keep their distance from when it really left.
+        Returns whether it moved."""
+        delay = sent_at - grant.at
+        if delay <= self.margin * LATE_FRACTION:
+            return False
+        key = self._log_key(grant.service)
+        self.redis.zadd(key, {grant.member: int(delay * 1000)}, xx=True, incr=True)
+        return True
 
     def _moved(self, service: str, rate: Rate, member: str) -> bool:
         """Move a late caller's reserved time to now if no window then holds more than N."""
