@@ -180,3 +180,18 @@ def test_reservations_from_two_processes_keep_the_limit(redis_server: str, key_p
     finally:
         for client in clients:
             client.close()
+
+
+def test_a_request_written_out_late_moves_its_time(
+    redis_client: redis.Redis, key_prefix: str
+) -> None:
+    """Told when the request really left (the HTTP client's trace hook), the limiter moves a
+    late one's time, so the requests reserved after it keep their distance."""
+    limiter = SharedRateLimiter(redis_client, key_prefix, margin=0.04)
+    rate = Rate(5, 1)
+    grant = limiter.reserve("datafast", rate, max_wait=1)
+    (reserved,) = _log(redis_client, key_prefix, "datafast")
+    assert not limiter.left_late(grant, grant.at + 0.005)  # within the late limit
+    assert _log(redis_client, key_prefix, "datafast") == [reserved]
+    assert limiter.left_late(grant, grant.at + 0.1)
+    assert _log(redis_client, key_prefix, "datafast") == [reserved + 100]

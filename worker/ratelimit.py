@@ -295,7 +295,7 @@ class SharedRateLimiter:
         if delay <= self.margin * LATE_FRACTION:
             return False
         key = self._log_key(grant.service)
-        self.redis.zadd(key, {grant.member: int(delay * 1000)}, xx=True, incr=True)
+        self.redis.zadd(key, {grant.member: round(delay * 1000)}, xx=True, incr=True)
         return True
 
     def _moved(self, service: str, rate: Rate, member: str) -> bool:
