@@ -30,6 +30,7 @@ would hide.
 
 from __future__ import annotations
 
+import re
 import secrets
 import time
 from collections.abc import Callable
@@ -153,9 +154,15 @@ class ProfileCache:
 
     def forget(self, visitor_id: str) -> int:
         """Delete every cached entry of ``visitor_id`` (erasure); returns how many."""
-        pattern = f"{self.prefix}profile:{visitor_id}:*"
-        keys = list(self.redis.scan_iter(match=pattern, count=500))
+        keys = visitor_profile_keys(self.redis, self.prefix, visitor_id)
         return int(self.redis.delete(*keys)) if keys else 0
+
+
+def visitor_profile_keys(client: redis.Redis, prefix: str, visitor_id: str) -> list[str]:
+    """Every key of ``visitor_id``'s cached profiles (one per source identity, and a lock)."""
+    escaped = re.sub(r"([*?\[\]\\])", r"\\\1", visitor_id)
+    keys = client.scan_iter(match=f"{prefix}profile:{escaped}:*", count=500)
+    return [k.decode() if isinstance(k, bytes) else str(k) for k in keys]
 
 
 def _encode(**fields: object) -> bytes:
