@@ -51,9 +51,9 @@ class Runtime:
     def profiles(self) -> ProfileCache:
         """Fetched journeys shared by all workers (``PROFILE_CACHE_SECONDS``, 0: off)."""
         if self._profiles is None:
-            self._profiles = ProfileCache(
-                self.redis, self.settings.redis_key_prefix, self.settings.profile_cache_seconds
-            )
+            # A cached journey is personal data too: never kept past JOURNEY_RETENTION_SECONDS.
+            ttl = min(self.settings.profile_cache_seconds, self.settings.journey_retention_seconds)
+            self._profiles = ProfileCache(self.redis, self.settings.redis_key_prefix, ttl)
         return self._profiles
 
 
