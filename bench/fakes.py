@@ -1,4 +1,4 @@
-"""Fake DataFast provider and Zendesk/HubSpot/Slack sinks, with configurable latency and quota.
+"""Fake DataFast provider and Zendesk/HubSpot/Slack/Rocket.Chat sinks, with set latency and quota.
 
 Run by uvicorn in its own process (``python -m bench.fakes --port P``). Each service has a
 ``latency`` (seconds slept before answering) and a ``quota`` (requests admitted in any 1-second
@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import collections
 import json
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,7 +29,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-SERVICES = ("datafast", "zendesk", "hubspot", "slack")
+SERVICES = ("datafast", "zendesk", "hubspot", "slack", "rocketchat")
 WINDOW = 1.0
 
 
@@ -153,12 +154,19 @@ async def zendesk_comments(request: Request) -> Response:
     return JSONResponse({"comments": []})
 
 
+# The bench's events name their ticket in the email (``t{ticket}@bench.example``) and the room
+# (``room{ticket}``): the key under which a HubSpot, Slack or Rocket.Chat request is counted.
+_TICKET_IN_BODY = re.compile(rb"t(\d+)@bench\.example|room(\d+)")
+
+
 async def generic(request: Request) -> Response:
     service = request.path_params["service"]
     if service not in STATE:
         return JSONResponse({"message": "unknown service"}, status_code=404)
-    await request.body()
-    refused = await _serve(service, request.url.path)
+    body = await request.body()
+    match = _TICKET_IN_BODY.search(body)
+    key = (match.group(1) or match.group(2)).decode() if match else request.url.path
+    refused = await _serve(service, key)
     return refused or JSONResponse({"id": str(len(STATE[service].arrivals)), "results": []})
 
 

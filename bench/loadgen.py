@@ -22,6 +22,7 @@ import base64
 import hashlib
 import hmac
 import json
+import random
 import sys
 import time
 import uuid
@@ -46,6 +47,10 @@ class Job:
     id_prefix: str = "bench-"
     ticket_start: int = 1
     keep_ids: bool = True
+    # 0: a fresh visitor per event; else each event picks one of this many visitors at random
+    # (seeded by ``id_prefix``), so visitors come back within the run.
+    visitors: int = 0
+    all_sinks: bool = False
 
 
 @dataclass
@@ -79,15 +84,23 @@ class Signer:
         }
 
 
-def event_body(ticket: int) -> bytes:
-    return json.dumps(
-        {
-            "type": "support_ticket",
-            "datafast_visitor_id": str(uuid.uuid4()),
-            "ticket_id": str(ticket),
-        },
-        separators=(",", ":"),
-    ).encode()
+def event_body(ticket: int, visitor: str | None = None, all_sinks: bool = False) -> bytes:
+    """A support-ticket event with a fresh visitor (or ``visitor``). With ``all_sinks``, a
+    signup that every sink takes: a ticket (Zendesk), a room (Rocket.Chat) and an email
+    (HubSpot, Slack) that names the ticket, so the fakes can tell whose note they got."""
+    body: dict[str, str] = {
+        "type": "support_ticket",
+        "datafast_visitor_id": visitor or str(uuid.uuid4()),
+        "ticket_id": str(ticket),
+    }
+    if all_sinks:
+        body |= {"type": "signup", "room_id": f"room{ticket}", "email": f"t{ticket}@bench.example"}
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def visitor_ids(count: int, seed: str) -> list[str]:
+    """``count`` stable visitor ids for a run (the same seed gives the same ids)."""
+    return [str(uuid.uuid5(uuid.NAMESPACE_URL, f"bench:{seed}:{n}")) for n in range(count)]
 
 
 class RawConnection:
@@ -132,6 +145,8 @@ class RawConnection:
 class Generator:
     def __init__(self, job: Job) -> None:
         self.job = job
+        self._visitors = visitor_ids(job.visitors, job.id_prefix) if job.visitors else []
+        self._pick = random.Random(job.id_prefix)
         self.signer = Signer(job.secret)
         self.result = Result()
         self._next = 0
@@ -146,7 +161,8 @@ class Generator:
     async def _send(self, conn: RawConnection | None, n: int) -> tuple[int, float, str, str]:
         ticket = self.job.ticket_start + n
         msg_id = f"{self.job.id_prefix}{n}"
-        body = event_body(ticket)
+        visitor = self._pick.choice(self._visitors) if self._visitors else None
+        body = event_body(ticket, visitor, self.job.all_sinks)
         headers = self.signer.headers(msg_id, body)
         started = time.perf_counter()
         try:

@@ -73,6 +73,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--web-workers", type=int, help="uvicorn processes for ingest (1)")
     parser.add_argument("--queue-events", type=int, help="events for queue overhead (200)")
     parser.add_argument("--recovery-runs", type=int, help="runs of each recovery case (10)")
+    parser.add_argument("--latency-events", type=int, help="events for latency (200)")
+    parser.add_argument("--cache-events", type=int, help="events for cache (1000)")
+    parser.add_argument("--cache-visitors", type=int, help="visitors for cache (200)")
     parser.add_argument("--output", type=Path, default=RESULTS / "latest.json")
     return parser.parse_args(argv)
 
@@ -89,6 +92,11 @@ def build_options(args: argparse.Namespace) -> Options:
             queue_events=15,
             recovery_runs=1,
             recovery_lease=2.0,
+            latency_events=10,
+            cache_events=40,
+            cache_visitors=8,
+            cache_seconds=2.0,
+            cache_workers=1,
         )
     else:
         opts = Options()
@@ -106,6 +114,9 @@ def build_options(args: argparse.Namespace) -> Options:
         "web_workers": args.web_workers,
         "queue_events": args.queue_events,
         "recovery_runs": args.recovery_runs,
+        "latency_events": args.latency_events,
+        "cache_events": args.cache_events,
+        "cache_visitors": args.cache_visitors,
     }
     if args.no_quota_headroom:
         opts.quota_headroom = False

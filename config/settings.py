@@ -156,6 +156,9 @@ class Settings(BaseSettings):
     postmetric_api_key: OptionalSecret = None
     postmetric_base_url: OptionalUrl = None
     postmetric_rate_limit: RateSetting = Rate(100, 60)
+    # A fetched journey is kept this long and shared by every event of the same visitor
+    # (worker/profiles.py): one provider call per visitor per minute. 0 turns it off.
+    profile_cache_seconds: int = Field(default=60, ge=0, le=86400)
 
     # Sinks.
     hubspot_token: OptionalSecret = None

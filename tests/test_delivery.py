@@ -8,21 +8,20 @@ from collections.abc import Iterator
 from typing import ClassVar
 
 import pytest
-import redis
+from delivery_support import LocalSink, accepted_event, runtime_for_test
 
-from config import Settings, load_settings
+from config import Settings
 from worker.errors import AuthFailed, Throttled, Unavailable
 from worker.events import Event
-from worker.http import ServiceClient
 from worker.journey import JourneyContext
 from worker.ratelimit import SharedRateLimiter
 from worker.runtime import Runtime
-from worker.sink import DeliveryResult, Note, Sink
-from worker.store import EventStore, SinkRecord, overall_state
+from worker.sink import DeliveryResult, Note
+from worker.store import SinkRecord, overall_state
 from worker.tasks import deliver
 
 
-class RecordingSink(Sink):
+class RecordingSink(LocalSink):
     """A sink whose destination is a Python list: what it holds is what was posted."""
 
     name = "recording"
@@ -33,19 +32,6 @@ class RecordingSink(Sink):
         super().__init__(settings, limiter)
         self.posted: list[str] = []
         self.failures: list[Exception] = []
-
-    @classmethod
-    def enabled(cls, settings: Settings) -> bool:
-        return True
-
-    def build_client(self, settings: Settings, limiter: SharedRateLimiter) -> ServiceClient:
-        return ServiceClient(
-            "recording",
-            "http://127.0.0.1:9",
-            settings=settings,
-            limiter=limiter,
-            rate=settings.zendesk_rate_limit,
-        )
 
     def deliver(self, event: Event, context: JourneyContext, note: Note) -> DeliveryResult:
         if self.failures:
@@ -59,33 +45,13 @@ class RecordingSink(Sink):
 
 @pytest.fixture
 def runtime() -> Iterator[Runtime]:
-    prefix = f"test-delivery-{uuid.uuid4().hex[:8]}:"
-    settings = load_settings(redis_key_prefix=prefix, max_retries=2, retry_backoff_base=0.1)
-    client = redis.Redis.from_url(settings.redis_url)
-    limiter = SharedRateLimiter(client, prefix)
-    rt = Runtime(
-        settings=settings,
-        redis=client,
-        limiter=limiter,
-        store=EventStore(client, prefix, settings.event_retention_seconds),
-    )
-    rt.sinks = {"recording": RecordingSink(settings, limiter)}
-    yield rt
-    keys = list(client.scan_iter(f"{prefix}*"))
-    if keys:
-        client.delete(*keys)
+    with runtime_for_test("delivery") as rt:
+        rt.sinks = {"recording": RecordingSink(rt.settings, rt.limiter)}
+        yield rt
 
 
 def _event(rt: Runtime) -> tuple[Event, JourneyContext]:
-    event = Event(
-        id=f"evt_{uuid.uuid4().hex[:10]}",
-        type="support_ticket",
-        ticket_id="1",
-        visitor_id=str(uuid.uuid4()),
-    )
-    assert rt.store.accept(event)
-    context = JourneyContext(provider="DataFast", visitor_id=event.visitor_id or "")
-    rt.store.save_context(event.id, context)
+    event, context = accepted_event(rt)
     rt.store.plan_sinks(event.id, {"recording": SinkRecord()}, {})
     return event, context
 

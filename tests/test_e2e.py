@@ -339,7 +339,9 @@ def test_unknown_visitor_still_gets_an_honest_note(svc: Service, fake: FakeUpstr
     assert fake.slack_messages(contains=signup_event) == []
     assert signup_status["sinks"]["slack"]["state"] == "skipped"
     assert "journey" in signup_status["sinks"]["slack"]["reason"]
-    assert len(datafast_calls(fake, visitor)) == 2  # once per event, no retries
+    # No retries: at most one call per event. Usually one in all: the second event shares the
+    # first one's not-found answer, which the profile cache keeps a few seconds.
+    assert 1 <= len(datafast_calls(fake, visitor)) <= 2
     assert all(c.status == 404 for c in datafast_calls(fake, visitor))
 
     for status in (ticket_status, signup_status):

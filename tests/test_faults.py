@@ -321,8 +321,13 @@ def rate_run(db: redis.Redis, tmp_path_factory: pytest.TempPathFactory) -> RateR
         # sliding 1 s window gets a 429.
         fake.quota("datafast", RATE, period=1.0)
         visitor = fake.add_visitor(full_profile())
+        # Every event asks the provider (no profile cache): the limiter is what is measured.
         env = base_env(
-            fake, DATAFAST_RATE_LIMIT=str(RATE), ZENDESK_RATE_LIMIT="1000", MAX_RETRIES="5"
+            fake,
+            DATAFAST_RATE_LIMIT=str(RATE),
+            ZENDESK_RATE_LIMIT="1000",
+            MAX_RETRIES="5",
+            PROFILE_CACHE_SECONDS="0",
         )
         with running(env, tmp_path_factory.mktemp("rate"), 3, db) as svc:
             tickets = [new_ticket(fake) for _ in range(RATE_EVENTS)]

@@ -14,10 +14,12 @@ import os
 import re
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+import redis
 from pydantic import SecretStr
 
 from config import Rate, Settings
@@ -31,7 +33,7 @@ from worker.errors import (
     Unavailable,
     UpstreamError,
 )
-from worker.ratelimit import SharedRateLimiter
+from worker.ratelimit import Grant, SharedRateLimiter
 
 log = logging.getLogger(__name__)
 
@@ -343,9 +345,11 @@ class ServiceClient:
         request = self.client.build_request(
             method, self.url(path), params=params, json=json_body, headers=self._headers
         )
-        failures_counted = self._limiter.acquire(
+        grant = self._limiter.reserve(
             self.service, self._rate, max_wait=wait_limit, circuit=self._breaker
         )
+        failures_counted = grant.failures_counted
+        request.extensions["trace"] = self._departure_tracer(grant)
         started = time.monotonic()
         try:
             raw, body = self._send(request)
@@ -387,6 +391,21 @@ class ServiceClient:
         )
         self._check(response)
         return response, failures_counted
+
+    def _departure_tracer(self, grant: Grant) -> Callable[[str, dict[str, Any]], None]:
+        """An httpcore trace hook that tells the limiter when the request was written out:
+        a request that left late (a new connection, a thread held up) moves its time in the
+        shared log, before the requests that depend on it are reserved."""
+
+        def trace(name: str, info: dict[str, Any]) -> None:
+            if name.endswith("send_request_body.complete"):
+                try:
+                    self._limiter.left_late(grant, time.monotonic())
+                except redis.RedisError:
+                    # The request is on its way; the limiter's margin must do without.
+                    log.warning("could not correct a late send", extra={"service": self.service})
+
+        return trace
 
     def _send(self, request: httpx.Request) -> tuple[httpx.Response, bytes]:
         """Send and read the body, refusing one larger than ``RESPONSE_MAX_BYTES``."""

@@ -30,6 +30,7 @@ import time
 from dataclasses import dataclass, field
 
 from worker.events import Event
+from worker.profiles import visitor_profile_keys
 from worker.store import EventStore, SubjectKind, event_matches, event_subjects
 
 log = logging.getLogger(__name__)
@@ -102,6 +103,8 @@ def erase(
         if event is not None:
             visitors |= {v for k, v in event_subjects(event) if k == "visitor"}
     keys |= {key for v in visitors for key in visitor_hot_keys(store.prefix, v)}
+    # Journeys cached for the visitor's next events (worker/profiles.py).
+    keys |= {k for v in visitors for k in visitor_profile_keys(store.redis, store.prefix, v)}
     store.redis.delete(*keys)
     report = ErasureReport(len(events), notes)
     entry = {"action": "erase", "by": kind, "via": via, "events": report.events}

@@ -1,20 +1,32 @@
 """One request rate per upstream service, shared by every worker process through Redis.
 
-Each service keeps a log of grant times in a Redis sorted set; a Lua script admits a request
-only while fewer than N grants lie in the last window, so no window of that length ever holds
-more than N requests from all workers together. Times come from the Redis server's clock, so
-hosts with skewed clocks still agree.
+Each service keeps a log of reserved send times in a Redis sorted set; a Lua script gives a
+request the earliest time at which no window of that length holds more than N sends from all
+workers together, records it, and the caller sleeps until then. Times come from the Redis
+server's clock, so hosts with skewed clocks still agree.
 
 Why not the ``limits`` library's moving window (tried first): its windows are whole seconds
 and a request counts from the moment it is granted, while the provider counts it when it
 *arrives*, a few milliseconds later and by a varying amount. With waiting threads all
 woken at the window's edge, that jitter regularly put N+1 arrivals inside one provider
-window (measured by ``bench`` quota scenario: 64-206 429s per 2000 requests). Here every grant
-counts for the window *plus* ``margin`` (100 ms), which absorbs the jitter, and the provider
-pause (a 429's ``Retry-After``) is checked in the same round trip.
+window (measured by ``bench`` quota scenario: 64-206 429s per 2000 requests). Here every send
+counts for the window *plus* ``margin``, which absorbs the jitter, and the provider pause (a
+429's ``Retry-After``) is checked in the same round trip.
+
+Why reservations rather than "try, sleep until the oldest grant leaves, try again" (the
+previous version, 0.915 of the quota): every waiting thread woke at the same instant and raced
+for the freed slots, so the winners' sends left in a burst whose spread (thread wake-ups, the
+provider serving them one by one) needed a 100 ms margin, i.e. N per 1.1 s at best. A
+reservation names one time per request: nobody races, the sends leave spread as they were
+reserved (spaced, see ``SPACING_FRACTION``), and the jitter left is one thread's wake-up. A
+thread that wakes (or gets the GIL) more than a quarter of the margin after its time does not
+send on it: it moves its time to now, or reserves again, so a 40 ms margin covers the rest
+(N per 1.04 s at best, 0.96 of the quota).
 
 Waiting is bounded: a caller that would wait longer than ``max_wait`` gets ``Throttled`` and
-its task is re-scheduled without using up an attempt.
+its task is re-scheduled without using up an attempt. A time is reserved only when it is at
+most ``RESERVE_AHEAD_SECONDS`` (and half a window) away; a caller further back polls (at most
+once a second), so a provider pause that starts meanwhile still holds it.
 """
 
 from __future__ import annotations
@@ -22,6 +34,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import redis
 
@@ -31,12 +44,37 @@ from worker.errors import Throttled
 from worker.health import use_bucket_key
 from worker.metrics import rate_limit_wait
 
-DEFAULT_MARGIN_SECONDS = 0.1
+DEFAULT_MARGIN_SECONDS = 0.04
+# A caller that gets to send its request later than this after its reserved time (a thread
+# that waited for the GIL or the CPU) does not send on the stale time: a late send moves
+# towards the window of the requests reserved after it. It moves its reservation to now when
+# no window then holds more than N (the usual case: the requests that depend on its time are
+# not reserved yet), else gives it back and reserves again. A quarter of the margin: the rest
+# covers what happens after this check (the write, the provider's own scheduling), which no
+# check here can see.
+LATE_FRACTION = 0.25
+# How often a late caller reserves again before it sends anyway (a 429 then pauses everyone).
+MAX_RESERVATIONS = 4
+# Reserved times are at least this fraction of (window / N) apart. Without it the first N
+# requests of a busy moment are reserved for the same instant, and that burst repeats every
+# window: N threads waking at once, racing for the GIL, the provider taking them one by one,
+# which spread their arrivals by more than the margin. A quarter keeps a burst of N within a
+# quarter of the window (20/s: 12.5 ms apart, all 20 within 240 ms).
+SPACING_FRACTION = 0.25
+# A send time is reserved only this close to now; further back a caller polls instead.
+# (At most half the window: a request N places later is then reserved only once its
+# predecessor is more than half a window past its time, so a late predecessor can still move.)
+RESERVE_AHEAD_SECONDS = 1.0
 
-# KEYS[1]: the grant log (sorted set), KEYS[2]: the pause key (value: unix ms until), and
-# with a circuit breaker KEYS[3]: its open flag, KEYS[4]: its failure counter.
-# ARGV: limit, window_ms, member. Returns {0, 0, failures counted (0/1)} when granted,
-# {1, wait_ms} while held by the limit or a pause, {2, ms left} while the circuit is open.
+# KEYS[1]: the send log (sorted set of reserved send times, ms), KEYS[2]: the pause key
+# (value: unix ms until), and with a circuit breaker KEYS[3]: its open flag, KEYS[4]: its
+# failure counter. ARGV: limit, window_ms, member, reserve_ahead_ms, spacing_ms, and the
+# health page's use counter key.
+# The earliest send time is the latest of: now, the end of a pause, the N-th latest reserved
+# time + window (so no window of that length holds N+1 sends; times are appended in order, so
+# that is the only window the new one can overfill) and the latest reserved time + spacing.
+# Returns {0, wait_ms, failures counted (0/1)} when a time was reserved (wait_ms from now),
+# {1, wait_ms} when it is further than reserve_ahead_ms, {2, ms left} while the circuit is open.
 _ACQUIRE = """
 if #KEYS > 2 then
   local open = redis.call('PTTL', KEYS[3])
@@ -44,26 +82,33 @@ if #KEYS > 2 then
 end
 local now_t = redis.call('TIME')
 local now = tonumber(now_t[1]) * 1000 + math.floor(tonumber(now_t[2]) / 1000)
-local paused = tonumber(redis.call('GET', KEYS[2]) or '0')
-if paused > now then return {1, paused - now} end
 local limit = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
+local at = now
+local paused = tonumber(redis.call('GET', KEYS[2]) or '0')
+if paused > at then at = paused end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
-if redis.call('ZCARD', KEYS[1]) < limit then
-  redis.call('ZADD', KEYS[1], now, ARGV[3])
-  redis.call('PEXPIRE', KEYS[1], window + 1000)
-  if ARGV[4] then
-    -- The use counter the health page reads (worker/health.py): a key named in ARGV, since
-    -- its bucket changes with time; this service runs on one Redis, not a cluster.
-    redis.call('INCR', ARGV[4])
-    redis.call('EXPIRE', ARGV[4], 90)
-  end
-  local failures = 0
-  if #KEYS > 3 then failures = redis.call('EXISTS', KEYS[4]) end
-  return {0, 0, failures}
+if redis.call('ZCARD', KEYS[1]) >= limit then
+  local nth = redis.call('ZRANGE', KEYS[1], -limit, -limit, 'WITHSCORES')
+  local free = tonumber(nth[2]) + window
+  if free > at then at = free end
 end
-local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-return {1, math.max(1, tonumber(oldest[2]) + window - now)}
+local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+if last[2] and tonumber(last[2]) + tonumber(ARGV[5]) > at then
+  at = tonumber(last[2]) + tonumber(ARGV[5])
+end
+if at - now > tonumber(ARGV[4]) then return {1, math.max(1, at - now)} end
+redis.call('ZADD', KEYS[1], at, ARGV[3])
+redis.call('PEXPIRE', KEYS[1], at - now + window + 1000)
+if ARGV[6] then
+  -- The use counter the health page reads (worker/health.py): a key named in ARGV, since
+  -- its bucket changes with time; this service runs on one Redis, not a cluster.
+  redis.call('INCR', ARGV[6])
+  redis.call('EXPIRE', ARGV[6], 90)
+end
+local failures = 0
+if #KEYS > 3 then failures = redis.call('EXISTS', KEYS[4]) end
+return {0, at - now, failures}
 """
 
 # KEYS[1]: the pause key. ARGV[1]: seconds (as ms). Keeps the later of two deadlines, so two
@@ -78,12 +123,53 @@ redis.call('SET', KEYS[1], untl, 'PX', tonumber(ARGV[1]))
 return 1
 """
 
+# KEYS[1]: the send log. ARGV: member, window_ms, limit. Moves a reserved time to now when
+# every window that now newly holds it stays within the limit: the window ending now, and
+# those ending at the reserved times within one window after now. Returns 1 when moved, 0
+# when not (the old time is kept; the caller gives it back and reserves again).
+_MOVE = """
+local old = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not old then return 0 end
+local now_t = redis.call('TIME')
+local now = tonumber(now_t[1]) * 1000 + math.floor(tonumber(now_t[2]) / 1000)
+local window = tonumber(ARGV[2])
+local limit = tonumber(ARGV[3])
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+local fits = redis.call('ZCOUNT', KEYS[1], '(' .. (now - window), now) <= limit
+if fits then
+  local later = redis.call('ZRANGEBYSCORE', KEYS[1], now, '(' .. (now + window), 'WITHSCORES')
+  for i = 2, #later, 2 do
+    local at = tonumber(later[i])
+    if redis.call('ZCOUNT', KEYS[1], '(' .. (at - window), at) > limit then
+      fits = false
+      break
+    end
+  end
+end
+if not fits then
+  redis.call('ZADD', KEYS[1], old, ARGV[1])
+  return 0
+end
+return 1
+"""
+
 _REMAINING = """
 local now_t = redis.call('TIME')
 local now = tonumber(now_t[1]) * 1000 + math.floor(tonumber(now_t[2]) / 1000)
 local paused = tonumber(redis.call('GET', KEYS[1]) or '0')
 return math.max(0, paused - now)
 """
+
+
+@dataclass(frozen=True)
+class Grant:
+    """One request let go: its entry in the service's send log, whether the circuit breaker
+    was counting failures, and when it was let go (``time.monotonic()``)."""
+
+    service: str
+    member: str
+    failures_counted: bool
+    at: float
 
 
 class SharedRateLimiter:
@@ -104,6 +190,7 @@ class SharedRateLimiter:
         self._acquire = redis_client.register_script(_ACQUIRE)
         self._pause = redis_client.register_script(_PAUSE)
         self._remaining = redis_client.register_script(_REMAINING)
+        self._move = redis_client.register_script(_MOVE)
 
     def _pause_key(self, service: str) -> str:
         return f"{self.prefix}pause:{service}"
@@ -120,19 +207,39 @@ class SharedRateLimiter:
         """Seconds left on a pause of ``service`` (0 when none)."""
         return int(self._remaining(keys=[self._pause_key(service)])) / 1000
 
-    def _try(self, service: str, rate: Rate, circuit: CircuitBreaker | None) -> list[int]:
+    def _try(
+        self,
+        service: str,
+        rate: Rate,
+        circuit: CircuitBreaker | None,
+        ahead: float,
+        member: str | None = None,
+    ) -> list[int]:
         window_ms = int((rate.seconds + self.margin) * 1000)
         keys = [self._log_key(service), self._pause_key(service)]
         if circuit is not None:
             failures_key, open_key = circuit.keys(service)
             keys += [open_key, failures_key]
+        # Spacing smooths the sends of callers that wait anyway; one that cannot wait (a
+        # probe) is held only by the limit itself.
+        spacing = rate.seconds / rate.amount * SPACING_FRACTION if ahead > 0 else 0.0
+        spacing_ms = int(spacing * 1000)
         use_key = use_bucket_key(self.prefix, service, time.time())
-        reply = self._acquire(keys=keys, args=[rate.amount, window_ms, uuid.uuid4().hex, use_key])
+        args = [
+            rate.amount,
+            window_ms,
+            member or uuid.uuid4().hex,
+            int(ahead * 1000),
+            spacing_ms,
+            use_key,
+        ]
+        reply = self._acquire(keys=keys, args=args)
         return [int(v) for v in reply]
 
     def try_acquire(self, service: str, rate: Rate) -> float:
-        """Take one slot now if there is one: 0.0 when granted, else seconds to wait."""
-        code, wait_ms, *_ = self._try(service, rate, None)
+        """Take one send now if the limit allows it: 0.0 when taken, else seconds to wait
+        (nothing reserved)."""
+        code, wait_ms, *_ = self._try(service, rate, None, 0.0)
         return 0.0 if code == 0 else wait_ms / 1000
 
     def acquire(
@@ -148,19 +255,70 @@ class SharedRateLimiter:
         With ``circuit``, its open flag is checked in the same round trip (an open circuit
         raises at once); returns whether that circuit is counting failures, so a success
         knows whether it has a count to reset."""
+        return self.reserve(service, rate, max_wait=max_wait, circuit=circuit).failures_counted
+
+    def reserve(
+        self,
+        service: str,
+        rate: Rate,
+        *,
+        max_wait: float,
+        circuit: CircuitBreaker | None = None,
+    ) -> Grant:
+        """``acquire``, returning the grant, so that ``left_late`` can correct its time."""
         deadline = time.monotonic() + max_wait
+        late_limit = self.margin * LATE_FRACTION
+        reservations = 0
+        reserve_ahead = min(RESERVE_AHEAD_SECONDS, rate.seconds / 2)
         while True:
-            code, wait_ms, *rest = self._try(service, rate, circuit)
+            ahead = min(reserve_ahead, max(0.0, deadline - time.monotonic()))
+            member = uuid.uuid4().hex
+            asked = time.monotonic()
+            code, wait_ms, *rest = self._try(service, rate, circuit, ahead, member)
+            wait = wait_ms / 1000
             if code == 0:
-                return bool(rest and rest[0])
+                if wait > 0:
+                    # The time is ours: sleep to it and go (the caller built its request
+                    # beforehand, so it leaves right after).
+                    rate_limit_wait(service, wait)
+                    self._sleep(wait)
+                reservations += 1
+                # An upper bound of the lateness (it includes the round trip).
+                late = time.monotonic() - (asked + wait)
+                too_late = late > late_limit and reservations < MAX_RESERVATIONS
+                if too_late and not self._moved(service, rate, member):
+                    self.redis.zrem(self._log_key(service), member)
+                    continue
+                return Grant(service, member, bool(rest and rest[0]), time.monotonic())
             if code == 2 and circuit is not None:
                 raise circuit.open_error(service, wait_ms)
-            wait = wait_ms / 1000
             if time.monotonic() + wait > deadline:
                 raise Throttled(
                     f"held by the shared rate limit ({rate}) for {wait:.1f}s",
                     service=service,
                     retry_after=wait,
                 )
-            rate_limit_wait(service, min(wait, 1.0))
-            self._sleep(min(wait, 1.0))
+            # Come back when a reservation is within reach (or in a second, for a pause).
+            pause = min(max(wait - reserve_ahead, 0.01), 1.0)
+            rate_limit_wait(service, pause)
+            self._sleep(pause)
+
+    def left_late(self, grant: Grant, sent_at: float) -> bool:
+        """Say when the granted request was written out (``time.monotonic()``). When that was
+        later than the late limit after the grant (a new connection, a thread or process
+        held up between the grant and the write), its time in the log moves later by as much,
+        so the requests reserved after it keep their distance from when it really left.
+        Returns whether it moved."""
+        delay = sent_at - grant.at
+        if delay <= self.margin * LATE_FRACTION:
+            return False
+        key = self._log_key(grant.service)
+        self.redis.zadd(key, {grant.member: round(delay * 1000)}, xx=True, incr=True)
+        return True
+
+    def _moved(self, service: str, rate: Rate, member: str) -> bool:
+        """Move a late caller's reserved time to now if no window then holds more than N."""
+        window_ms = int((rate.seconds + self.margin) * 1000)
+        return bool(
+            self._move(keys=[self._log_key(service)], args=[member, window_ms, rate.amount])
+        )

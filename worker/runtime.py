@@ -15,6 +15,7 @@ from redis.utils import HIREDIS_AVAILABLE
 
 from config import Settings, get_settings
 from worker.integrations import SINKS, SOURCES, build_sinks, build_source
+from worker.profiles import ProfileCache
 from worker.ratelimit import SharedRateLimiter
 from worker.routing import Routes, load_routes
 from worker.sink import Sink
@@ -33,6 +34,7 @@ class Runtime:
     # The routing rules of ROUTES_FILE; None: the default routing.
     routes: Routes | None = None
     _source: Source | None = None
+    _profiles: ProfileCache | None = None
 
     @property
     def source_class(self) -> type[Source]:
@@ -44,6 +46,15 @@ class Runtime:
         if self._source is None and self.source_class.configured(self.settings):
             self._source = build_source(self.settings, self.limiter)
         return self._source
+
+    @property
+    def profiles(self) -> ProfileCache:
+        """Fetched journeys shared by all workers (``PROFILE_CACHE_SECONDS``, 0: off)."""
+        if self._profiles is None:
+            # A cached journey is personal data too: never kept past JOURNEY_RETENTION_SECONDS.
+            ttl = min(self.settings.profile_cache_seconds, self.settings.journey_retention_seconds)
+            self._profiles = ProfileCache(self.redis, self.settings.redis_key_prefix, ttl)
+        return self._profiles
 
 
 # Short timeouts: a Redis outage must turn into a quick 503, never a hung request.

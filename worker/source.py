@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar, TypeVar
 
@@ -45,6 +46,18 @@ class Source(ABC):
     def fetch_realtime(self) -> RealtimeSnapshot:
         """The visitors on the site now; only sources with ``has_realtime`` implement it."""
         raise NotImplementedError(f"{self.label} has no realtime feed")
+
+    def identity_parts(self, website: str | None = None) -> tuple[str, ...]:
+        """What picks the account or website this source reads for ``website`` (its
+        credentials, a website id): two sources with different parts see different visitors."""
+        return ()
+
+    def cache_identity(self, website: str | None = None) -> str:
+        """A short digest of the provider, its base URL and ``identity_parts``: the part of a
+        cached profile's key (worker/profiles.py) that keeps websites apart without putting a
+        credential into a key."""
+        parts = (self.name, self.http.base_url, *self.identity_parts(website))
+        return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:16]
 
     def check(self) -> str:
         """A cheap reachability check for ``visitor-enrich check``; raises on failure."""

@@ -737,6 +737,8 @@ class EventStore:
             "source": {
                 "attempts": int(data.get("source_attempts") or 0),
                 "journeyFound": context.get("found") if context else None,
+                # The journey came from the profile cache (worker/profiles.py).
+                "journeyCached": any(s.get("step") == "journey_cached" for s in stored),
             },
             "sinks": {
                 _text(name): SinkRecord.model_validate_json(raw).model_dump(

@@ -12,11 +12,13 @@ whether ``event.marker`` is already there (``Sink.already_delivered``) and posts
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import sentry_sdk
 from celery import Task
 
 from worker import metrics
@@ -27,6 +29,8 @@ from worker.intake import DELIVER_TO_SINK_TASK, ENRICH_EVENT_TASK
 from worker.integrations import integration
 from worker.journey import JourneyContext
 from worker.lease import requeue_abandoned
+from worker.parallel import run_each
+from worker.profiles import CachedFetch
 from worker.retry import retry_countdown
 from worker.runtime import Runtime, get_runtime
 from worker.score import ScoreWeights, estimate_score
@@ -49,6 +53,12 @@ def _reschedule(task: Task, event_id: str, countdown: float) -> Exception:
 
 def fetch_context(rt: Runtime, event: Event) -> JourneyContext:
     """The journey for the event's visitor; ``VisitorNotFound`` becomes an honest empty one."""
+    return fetch_journey(rt, event).context
+
+
+def fetch_journey(rt: Runtime, event: Event) -> CachedFetch:
+    """``fetch_context``, saying whether the journey came from the profile cache (shared with
+    the visitor's other events, worker/profiles.py) and how old it was."""
     source = rt.source
     label = rt.source_class.label
     if source is None:
@@ -59,20 +69,29 @@ def fetch_context(rt: Runtime, event: Event) -> JourneyContext:
         # The sender's webhook lacked the visitor id or the email: ask its API first.
         event, missing = complete_event(rt, event)
         if missing:
-            return JourneyContext.not_found(label, event.visitor_id or "", missing)
-    if not event.visitor_id:
+            return CachedFetch(JourneyContext.not_found(label, event.visitor_id or "", missing))
+    visitor_id, website = event.visitor_id, event.website
+    if not visitor_id:
         reason = event.missing_reason or "no datafast_visitor_id on the event"
-        return JourneyContext.not_found(label, "", reason)
+        return CachedFetch(JourneyContext.not_found(label, "", reason))
     try:
-        context = source.fetch_journey(event.visitor_id, event.website)
+        fetched = rt.profiles.journey(
+            source.cache_identity(website),
+            visitor_id,
+            lambda: source.fetch_journey(visitor_id, website),
+        )
     except VisitorNotFound as exc:
-        return JourneyContext.not_found(label, event.visitor_id, f"{label} answered {exc.message}")
+        return CachedFetch(
+            JourneyContext.not_found(label, visitor_id, f"{label} answered {exc.message}")
+        )
+    context = fetched.context
     if context.found and context.prediction is None:
-        # The provider gave no score: estimate one, marked as such (worker/score.py).
+        # The provider gave no score: estimate one, marked as such (worker/score.py). Not
+        # cached: it depends on the time of this event.
         weights = ScoreWeights.from_settings(rt.settings)
         estimate = estimate_score(context, weights, datetime.now(UTC))
         context = context.model_copy(update={"prediction": estimate})
-    return context
+    return CachedFetch(context, fetched.age)
 
 
 def complete_event(rt: Runtime, event: Event) -> tuple[Event, str | None]:
@@ -154,7 +173,7 @@ def enrich_event(self: Task, event_id: str) -> None:
             # From here on an erasure finds the event by its hashed visitor id and email.
             batch.index_subjects(event)
         try:
-            context = fetch_context(rt, event)
+            fetched = fetch_journey(rt, event)
         except Throttled as exc:
             raise _reschedule(
                 self, event_id, min(exc.retry_after, settings.max_countdown)
@@ -190,9 +209,17 @@ def enrich_event(self: Task, event_id: str) -> None:
             log.exception("unexpected error while fetching", extra={"event_id": event_id})
             _give_up_on_source(rt, event_id, "failed", unexpected(exc))
             return
+        context = fetched.context
         # The journey is fetched once: a task run again after this finds it and skips ahead.
         with store.batch() as batch:
             batch.save_context(event_id, context)
+            if fetched.age is not None:
+                batch.add_step(
+                    event_id,
+                    "journey_cached",
+                    f"fetched {fetched.age:.1f}s earlier for another event of this visitor",
+                    age_seconds=round(fetched.age, 2),
+                )
             batch.add_step(
                 event_id,
                 "journey_found" if context.found else "journey_not_found",
@@ -236,31 +263,52 @@ def _plan(
 def fan_out(
     rt: Runtime, event: Event, context: JourneyContext, records: dict[str, SinkRecord]
 ) -> None:
-    """Deliver to each sink not done yet, one after the other, in this task.
+    """Deliver to each sink not done yet, side by side, in this task.
 
     Inline rather than one task per sink: a task hop costs the worker more CPU than the
-    delivery itself. A sink that must be tried again gets a ``deliver_to_sink`` task of its
-    own, so its retries never hold up or repeat the others. ``records`` may be stale (another
-    worker may be on the same event): ``deliver`` reads the record again under the lock.
+    delivery itself. The sinks of one event are called at once (``worker/parallel.py``: this
+    thread takes the first, a small per-process pool the rest), so the last note arrives one
+    sink's latency after the journey, not the sum of them. Each keeps its own claim, record
+    and retry path (``deliver``): one that raises never stops or hides the others. A sink that
+    must be tried again gets a ``deliver_to_sink`` task of its own, so its retries never hold
+    up or repeat the others. ``records`` may be stale (another worker may be on the same
+    event): ``deliver`` reads the record again under the lock.
     """
     if not records:
         with rt.store.batch() as batch:
             batch.set_state(event.id, "delivered", "no sink is configured")
             batch.add_step(event.id, "delivered", "no sink is configured")
         return
+    due = [name for name, record in records.items() if not record.terminal]
+    outcomes = run_each([functools.partial(_deliver_in_scope, rt, event, context, n) for n in due])
     retrying = False
-    for name, record in records.items():
-        if record.terminal:
-            continue
-        countdown = deliver(rt, event, context, name)
-        if countdown is not None:
-            rt.store.expect_progress(event.id, max(0.05, countdown))
+    failure: BaseException | None = None
+    for name, outcome in zip(due, outcomes, strict=True):
+        if isinstance(outcome, BaseException):
+            # The sink's record stays as the call left it (``posting`` at worst, which the
+            # next run checks with the sink); the task fails after the others are scheduled.
+            failure = failure or outcome
+        elif outcome is not None:
+            rt.store.expect_progress(event.id, max(0.05, outcome))
             deliver_to_sink.apply_async(
-                (event.id, name), countdown=max(0.05, countdown), queue=rt.settings.celery_queue
+                (event.id, name), countdown=max(0.05, outcome), queue=rt.settings.celery_queue
             )
             retrying = True
+    if failure is not None:
+        raise failure
     if not retrying:
         rt.store.refresh_state(event.id)
+
+
+def _deliver_in_scope(
+    rt: Runtime, event: Event, context: JourneyContext, sink_name: str
+) -> float | None:
+    """``deliver`` with the event and the sink on the Sentry scope: an error reported from a
+    pool thread names them as one from the task's own thread would."""
+    with sentry_sdk.new_scope() as scope:
+        scope.set_tag("event_id", event.id)
+        scope.set_tag("sink", sink_name)
+        return deliver(rt, event, context, sink_name)
 
 
 # Delivering ------------------------------------------------------------------------------

@@ -438,6 +438,16 @@ class DataFastSource(Source):
                 service=self.name,
             ) from None
 
+    def identity_parts(self, website: str | None = None) -> tuple[str, ...]:
+        # The key and website id of the client that ``website`` picks (as ``client_for``).
+        client = self.client_for(website)
+        key, website_id = self.settings.datafast_api_key, self.settings.datafast_website_id
+        for site_name, site_client in self.websites.items():
+            if site_client is client:
+                site = self.settings.websites[site_name]
+                key, website_id = site.api_key, site.website_id
+        return (key.get_secret_value() if key is not None else "", website_id or "")
+
     def _params(self, client: ServiceClient | None = None) -> dict[str, str] | None:
         return self._params_by_service.get((client or self.http).service)
 

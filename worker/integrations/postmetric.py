@@ -181,6 +181,10 @@ class PostMetricSource(Source):
             headers=bearer_headers(settings.postmetric_api_key),
         )
 
+    def identity_parts(self, website: str | None = None) -> tuple[str, ...]:
+        key = self.settings.postmetric_api_key
+        return (key.get_secret_value() if key else "",)
+
     def fetch_visitor(self, visitor_id: str) -> PostMetricVisitor:
         try:
             response = self.http.request("GET", "visitor", params={"visitorId": visitor_id})
