@@ -13,6 +13,7 @@ import functools
 import math
 import re
 from typing import Annotated, Any, Literal
+from urllib.parse import unquote, urlsplit
 
 from pydantic import (
     AnyHttpUrl,
@@ -24,6 +25,8 @@ from pydantic import (
     model_validator,
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from config.redis_target import SentinelTarget, parse_redis_url
 
 
 class ConfigError(Exception):
@@ -123,6 +126,11 @@ class Settings(BaseSettings):
 
     # Broker, rate limiter, idempotency and status store.
     redis_url: str = "redis://localhost:6379/0"
+    # How many replicas must hold an accepted event before the intake answers 202 (Redis
+    # WAIT), and how long it waits for them (then 503). Unset: 1 with a redis+sentinel://
+    # REDIS_URL (a failover must not lose an accepted event), else 0 (no WAIT).
+    redis_min_replicas: int | None = Field(default=None, ge=0)
+    redis_replica_timeout_ms: int = Field(default=1000, ge=1, le=60_000)
     # Prefix of every key this service writes, and the Celery queue; lets several deployments
     # (or test runs) share one Redis.
     redis_key_prefix: str = "ve:"
@@ -336,6 +344,12 @@ class Settings(BaseSettings):
     # Bearer token /metrics asks for when set.
     metrics_token: OptionalSecret = None
 
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str) -> str:
+        parse_redis_url(value)
+        return value
+
     @field_validator("webhook_secret")
     @classmethod
     def _check_webhook_secret(cls, value: SecretStr | None) -> SecretStr | None:
@@ -444,6 +458,18 @@ class Settings(BaseSettings):
     # Derived values ---------------------------------------------------------------------
 
     @property
+    def redis_target(self) -> str | SentinelTarget:
+        """``REDIS_URL`` parsed (validated at start-up): a plain URL or a Sentinel target."""
+        return parse_redis_url(self.redis_url)
+
+    @property
+    def replicas_to_wait_for(self) -> int:
+        """``REDIS_MIN_REPLICAS``, or its default for the kind of ``REDIS_URL``."""
+        if self.redis_min_replicas is not None:
+            return self.redis_min_replicas
+        return 1 if isinstance(self.redis_target, SentinelTarget) else 0
+
+    @property
     def hot_path_list(self) -> list[str]:
         return [p.strip() for p in self.hot_paths.split(",") if p.strip()]
 
@@ -482,6 +508,10 @@ class Settings(BaseSettings):
                     values += [s.get_secret_value() for s in split_secrets(value)]
         # Each website's key on its own: a log line would show one, not the whole setting.
         values += [w.api_key.get_secret_value() for w in self.websites.values()]
+        # REDIS_URL's password (a plain str setting: the URL itself is worth logging).
+        redis_password = urlsplit(self.redis_url).password
+        if redis_password:
+            values.append(unquote(redis_password))
         return values
 
 

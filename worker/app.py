@@ -8,11 +8,13 @@ concurrency without prefork's per-child memory and connection pools.
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote
 
 from celery import Celery
 from celery.signals import after_setup_logger, worker_process_init, worker_ready
 
 from config import Settings, get_settings
+from config.redis_target import SentinelTarget
 from worker.observability import configure_logging, init_sentry, scrub_logging_handlers
 from worker.runtime import load_routing, settle_garbage_collector
 
@@ -24,10 +26,60 @@ REDIS_SOCKET_OPTIONS: dict[str, Any] = {
 }
 
 
+def broker_settings(settings: Settings) -> tuple[str, dict[str, Any]]:
+    """The broker URL and the transport options that locate it, in kombu's form.
+
+    kombu's Redis Sentinel transport takes ``sentinel://h1:p1/db;sentinel://h2:p2/db`` (it
+    asks each in turn) and the master's name as a transport option; the master's credentials
+    ride on the first URL. It follows a failover as the web process does: a lost connection
+    is re-made to the master the Sentinels name then.
+    """
+    target = settings.redis_target
+    if not isinstance(target, SentinelTarget):
+        return target, {}
+    credentials = ""
+    if target.username or target.password:
+        credentials = f"{quote(target.username or '', safe='')}"
+        if target.password is not None:
+            credentials += f":{quote(target.password, safe='')}"
+        credentials += "@"
+    urls = [
+        f"sentinel://{credentials if i == 0 else ''}{_host(host)}:{port}/{target.db}"
+        for i, (host, port) in enumerate(target.sentinels)
+    ]
+    return ";".join(urls), {"master_name": target.master_name}
+
+
+def redbeat_settings(settings: Settings) -> dict[str, Any]:
+    """celery-redbeat's Redis settings: its own ``redis-sentinel://`` URL marker with the
+    Sentinels and master in its options, else the plain URL."""
+    target = settings.redis_target
+    if not isinstance(target, SentinelTarget):
+        return {"redbeat_redis_url": target, "redbeat_redis_options": REDIS_SOCKET_OPTIONS}
+    return {
+        # RedBeat only looks at the scheme; the options say where to go.
+        "redbeat_redis_url": "redis-sentinel://",
+        "redbeat_redis_options": {
+            **REDIS_SOCKET_OPTIONS,
+            "sentinels": list(target.sentinels),
+            "service_name": target.master_name,
+            "db": target.db,
+            "username": target.username,
+            "password": target.password,
+            "sentinel_kwargs": {"socket_timeout": 1, "socket_connect_timeout": 1},
+        },
+    }
+
+
+def _host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
 def create_celery(settings: Settings) -> Celery:
+    broker_url, broker_location = broker_settings(settings)
     app = Celery(
         "visitor_enrich",
-        broker=settings.redis_url,
+        broker=broker_url,
         include=["worker.tasks", "worker.realtime_tasks", "worker.privacy_tasks"],
     )
     app.conf.update(
@@ -58,6 +110,7 @@ def create_celery(settings: Settings) -> Celery:
             "unacked_restore_interval": 5,
             "unacked_restore_throttle": 1,
             **REDIS_SOCKET_OPTIONS,
+            **broker_location,
         },
         # The web process publishes; when Redis is gone it must fail fast (503), not hang.
         task_publish_retry=True,
@@ -74,8 +127,7 @@ def create_celery(settings: Settings) -> Celery:
         # Beat keeps its schedule and its single-runner lock in Redis, never in a file
         # (worker/beat.py): any number of beats give one active scheduler.
         beat_scheduler="worker.beat:Scheduler",
-        redbeat_redis_url=settings.redis_url,
-        redbeat_redis_options=REDIS_SOCKET_OPTIONS,
+        **redbeat_settings(settings),
         redbeat_key_prefix=f"{settings.redis_key_prefix}redbeat:",
         redbeat_lock_timeout=settings.beat_lock_timeout,
         # The active beat renews the lock, and a standby tries to take it, this often.

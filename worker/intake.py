@@ -21,6 +21,18 @@ Up to ``max_in_flight`` calls are under way at once (each on its own connection)
 process goes on reading, checking and batching requests while Redis runs a script, instead
 of waiting idle for each answer. Each call is atomic on its own; no order between events is
 promised or needed.
+
+With replicas (``REDIS_MIN_REPLICAS``, 1 by default with a Sentinel ``REDIS_URL``), a 202 also
+means that many replicas hold the event: after the script, one more round trip writes a fence
+key and sends ``WAIT``, bounded by ``REDIS_REPLICA_TIMEOUT_MS`` (README "Guarantees"). Redis
+replicates asynchronously, so without it a failover right after a 202 could lose the event.
+When too few replicas acknowledge in time, the requests of that call are answered 503 although
+the event is recorded and queued on the master: the sender's retry then finds a duplicate, and
+that is answered 200 only once its own fence and ``WAIT`` succeed, i.e. once the event (written
+before the fence) is on the replicas. If the master is lost before that, the event may be lost
+with it; its sender was never told it was taken, and its retry is accepted anew by the new
+master. Either way the task is queued at most once per master, and a second run of the task is
+what the tasks are built for (an event delivered is not posted again).
 """
 
 from __future__ import annotations
@@ -39,7 +51,7 @@ import orjson
 import redis.asyncio
 
 from worker.events import Event
-from worker.runtime import async_redis_client
+from worker.runtime import async_redis_client, replication_fence_key
 from worker.store import EventStore
 
 _random = random.Random()
@@ -206,6 +218,16 @@ def queued_event_id(raw: bytes | str) -> str | None:
     return args[0] if args and isinstance(args[0], str) else None
 
 
+class NotReplicated(Exception):
+    """Fewer replicas than required acknowledged a call's writes in time (the web answers
+    503; see the module docstring for what the sender's retry gets)."""
+
+    def __init__(self, acknowledged: int, required: int, timeout_ms: int) -> None:
+        super().__init__(
+            f"{acknowledged} of {required} replicas acknowledged the event within {timeout_ms} ms"
+        )
+
+
 @dataclass
 class _LoopState:
     """What belongs to one event loop: an asyncio Redis client cannot cross loops."""
@@ -229,6 +251,8 @@ class EventIntake:
         queue: str,
         max_batch: int = 256,
         max_in_flight: int = 2,
+        min_replicas: int = 0,
+        replica_timeout_ms: int = 1000,
     ) -> None:
         self.store = store
         self.redis_url = redis_url
@@ -236,6 +260,9 @@ class EventIntake:
         self.queue = queue
         self.max_batch = max_batch
         self.max_in_flight = max_in_flight
+        self.min_replicas = min_replicas
+        self.replica_timeout_ms = replica_timeout_ms
+        self._fence = replication_fence_key(store.prefix)
         self._messages = TaskMessageTemplate(task_name, queue)
         self._state: _LoopState | None = None
 
@@ -277,6 +304,8 @@ class EventIntake:
             keys, args = self.store.accept_arguments(items, self.queue)
             try:
                 created = await state.script(keys=keys, args=args)
+                if self.min_replicas:
+                    await self._wait_for_replicas(state.client)
             except Exception as exc:
                 for _, future in batch:
                     if not future.done():
@@ -287,3 +316,13 @@ class EventIntake:
                 # recorded and queued all the same, and the sender's retry is a duplicate.
                 if not future.done():
                     future.set_result(bool(new))
+
+    async def _wait_for_replicas(self, client: redis.asyncio.Redis) -> None:
+        """Write the fence and ``WAIT`` on one connection (a pipeline), in one round trip;
+        ``NotReplicated`` when too few replicas have it within the timeout."""
+        pipe = client.pipeline(transaction=False)
+        pipe.incr(self._fence)
+        pipe.wait(self.min_replicas, self.replica_timeout_ms)
+        _, acknowledged = await pipe.execute()
+        if int(acknowledged) < self.min_replicas:
+            raise NotReplicated(int(acknowledged), self.min_replicas, self.replica_timeout_ms)

@@ -10,10 +10,13 @@ from typing import Any
 
 import redis
 import redis.asyncio
+import redis.asyncio.sentinel
+import redis.sentinel
 from redis.connection import HiredisRespSerializer
 from redis.utils import HIREDIS_AVAILABLE
 
 from config import Settings, get_settings
+from config.redis_target import SentinelTarget, parse_redis_url
 from worker.integrations import SINKS, SOURCES, build_sinks, build_source
 from worker.profiles import ProfileCache
 from worker.ratelimit import SharedRateLimiter
@@ -66,15 +69,40 @@ _CLIENT_OPTIONS: dict[str, Any] = {
 }
 
 
+# Asking a Sentinel where the master is must not hang either: an unreachable Sentinel is
+# skipped for the next one.
+_SENTINEL_OPTIONS: dict[str, Any] = {"socket_timeout": 1, "socket_connect_timeout": 1}
+
+
+def _master_options(target: SentinelTarget) -> dict[str, Any]:
+    """The master's connection options (the Sentinels are asked without credentials)."""
+    return {
+        **_CLIENT_OPTIONS,
+        "db": target.db,
+        "username": target.username,
+        "password": target.password,
+    }
+
+
 def redis_client(settings: Settings) -> redis.Redis:
-    return redis.Redis.from_url(settings.redis_url, **_CLIENT_OPTIONS)
+    """The process's client. With a Sentinel ``REDIS_URL`` its pool asks the Sentinels for
+    the master before each new connection; a connection to a master that went down or became
+    a replica fails (``ConnectionError``, also for redis-py's ``READONLY`` check) and is
+    dropped, and redis-py's retry reconnects to the master the Sentinels now name."""
+    target = settings.redis_target
+    if isinstance(target, SentinelTarget):
+        sentinel = redis.sentinel.Sentinel(
+            list(target.sentinels), sentinel_kwargs=_SENTINEL_OPTIONS, **_master_options(target)
+        )
+        return sentinel.master_for(target.master_name)
+    return redis.Redis.from_url(target, **_CLIENT_OPTIONS)
 
 
-class HiredisPackingConnection(redis.asyncio.Connection):  # type: ignore[misc]
+class _HiredisPacking:
     """redis-py's asyncio connection packs every command in Python, argument by argument;
     its sync connection hands that to hiredis when installed. The intake's accept script
     carries a few arguments per event, and that packing was a sixth of the web process's
-    CPU per event, so this connection uses the sync client's hiredis packer."""
+    CPU per event, so the web process's connections use the sync client's hiredis packer."""
 
     _packer = HiredisRespSerializer()
 
@@ -82,13 +110,42 @@ class HiredisPackingConnection(redis.asyncio.Connection):  # type: ignore[misc]
         return self._packer.pack(*args)  # type: ignore[no-any-return]
 
 
+class HiredisPackingConnection(_HiredisPacking, redis.asyncio.Connection):  # type: ignore[misc]
+    """A connection to one Redis server, packing with hiredis."""
+
+
+class HiredisPackingSentinelConnection(
+    _HiredisPacking,
+    redis.asyncio.sentinel.SentinelManagedConnection,  # type: ignore[misc]
+):
+    """A connection to the master the Sentinels name, packing with hiredis."""
+
+
 def async_redis_client(url: str) -> redis.asyncio.Redis:
-    """The web process's asyncio client (worker/intake.py), with the same options. A
-    ``rediss://`` or ``unix://`` URL keeps redis-py's own connection class."""
+    """The web process's asyncio client (worker/intake.py), with the same options and the
+    same Sentinel handling as ``redis_client``. A ``rediss://`` or ``unix://`` URL keeps
+    redis-py's own connection class."""
+    target = parse_redis_url(url)
     options = dict(_CLIENT_OPTIONS)
+    if isinstance(target, SentinelTarget):
+        options = _master_options(target)
+        if HIREDIS_AVAILABLE:
+            options["connection_class"] = HiredisPackingSentinelConnection
+        sentinel = redis.asyncio.sentinel.Sentinel(
+            list(target.sentinels), sentinel_kwargs=_SENTINEL_OPTIONS
+        )
+        return sentinel.master_for(target.master_name, **options)
     if HIREDIS_AVAILABLE:
         options["connection_class"] = HiredisPackingConnection
-    return redis.asyncio.Redis.from_url(url, **options)
+    return redis.asyncio.Redis.from_url(target, **options)
+
+
+def replication_fence_key(prefix: str) -> str:
+    """A key written just before ``WAIT``: Redis waits for the replicas to reach the offset of
+    the connection's last write, so writing here first makes ``WAIT`` cover everything the
+    master took before it (also writes of other connections, and an event recorded by an
+    earlier request that a retry finds as a duplicate and did not write again)."""
+    return f"{prefix}replication-fence"
 
 
 def load_routing(settings: Settings) -> Routes | None:

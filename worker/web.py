@@ -243,7 +243,8 @@ def decode_json(body: bytes) -> Any:
 async def accept(intake: EventIntake, event: Event) -> bool:
     """Record and queue ``event``: True when queued, False for a duplicate; ``ApiError(503)``
     when Redis cannot take it, and then nothing of it was kept, so the sender's retry is a
-    new event."""
+    new event; or when too few replicas acknowledged it in time (worker/intake.py says what
+    the retry gets then)."""
     try:
         queued = await intake.accept(event)
     except Exception:
@@ -406,7 +407,14 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     scrub_access_log(settings)
     init_sentry(settings, component="web")
     rt = runtime or build_runtime(settings)
-    intake = EventIntake(rt.store, settings.redis_url, ENRICH_EVENT_TASK, settings.celery_queue)
+    intake = EventIntake(
+        rt.store,
+        settings.redis_url,
+        ENRICH_EVENT_TASK,
+        settings.celery_queue,
+        min_replicas=settings.replicas_to_wait_for,
+        replica_timeout_ms=settings.redis_replica_timeout_ms,
+    )
     check_signature = signature_check(settings)
     require_uuid = rt.source_class.requires_uuid
     limit = settings.max_body_bytes
