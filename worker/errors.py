@@ -9,6 +9,7 @@ EnrichmentError
 │       ├── AuthFailed       401/403: bad key or missing permission
 │       └── VisitorNotFound  the provider has no journey for this visitor (400 bot, 404)
 ├── Throttled                our own shared limiter says wait; reschedule, no attempt used
+│   └── NotReplicated        too few Redis replicas acknowledged a write in time
 └── InvalidEvent             the stored event cannot be processed
 """
 
@@ -91,6 +92,19 @@ class Throttled(EnrichmentError):
     def __init__(self, message: str, *, service: str = "", retry_after: float) -> None:
         super().__init__(message, service=service)
         self.retry_after = retry_after
+
+
+class NotReplicated(Throttled):
+    """Fewer Redis replicas than required (``REDIS_MIN_REPLICAS``) acknowledged a write within
+    ``REDIS_REPLICA_TIMEOUT_MS``: a failover now could lose it. The intake answers 503; a
+    delivery waits (nothing was posted) and tries again."""
+
+    def __init__(self, acknowledged: int, required: int, timeout_ms: int) -> None:
+        super().__init__(
+            f"{acknowledged} of {required} replicas acknowledged the write within {timeout_ms} ms",
+            service="redis",
+            retry_after=1.0,
+        )
 
 
 class InvalidEvent(EnrichmentError):

@@ -51,7 +51,7 @@ import orjson
 import redis.asyncio
 
 from worker.events import Event
-from worker.runtime import async_redis_client, replication_fence_key
+from worker.runtime import async_redis_client, check_replicated, fence_and_wait
 from worker.store import EventStore
 
 _random = random.Random()
@@ -218,16 +218,6 @@ def queued_event_id(raw: bytes | str) -> str | None:
     return args[0] if args and isinstance(args[0], str) else None
 
 
-class NotReplicated(Exception):
-    """Fewer replicas than required acknowledged a call's writes in time (the web answers
-    503; see the module docstring for what the sender's retry gets)."""
-
-    def __init__(self, acknowledged: int, required: int, timeout_ms: int) -> None:
-        super().__init__(
-            f"{acknowledged} of {required} replicas acknowledged the event within {timeout_ms} ms"
-        )
-
-
 @dataclass
 class _LoopState:
     """What belongs to one event loop: an asyncio Redis client cannot cross loops."""
@@ -262,7 +252,6 @@ class EventIntake:
         self.max_in_flight = max_in_flight
         self.min_replicas = min_replicas
         self.replica_timeout_ms = replica_timeout_ms
-        self._fence = replication_fence_key(store.prefix)
         self._messages = TaskMessageTemplate(task_name, queue)
         self._state: _LoopState | None = None
 
@@ -321,8 +310,5 @@ class EventIntake:
         """Write the fence and ``WAIT`` on one connection (a pipeline), in one round trip;
         ``NotReplicated`` when too few replicas have it within the timeout."""
         pipe = client.pipeline(transaction=False)
-        pipe.incr(self._fence)
-        pipe.wait(self.min_replicas, self.replica_timeout_ms)
-        _, acknowledged = await pipe.execute()
-        if int(acknowledged) < self.min_replicas:
-            raise NotReplicated(int(acknowledged), self.min_replicas, self.replica_timeout_ms)
+        fence_and_wait(pipe, self.store.prefix, self.min_replicas, self.replica_timeout_ms)
+        check_replicated(await pipe.execute(), self.min_replicas, self.replica_timeout_ms)

@@ -17,6 +17,7 @@ from redis.utils import HIREDIS_AVAILABLE
 
 from config import Settings, get_settings
 from config.redis_target import SentinelTarget, parse_redis_url
+from worker.errors import NotReplicated
 from worker.integrations import SINKS, SOURCES, build_sinks, build_source
 from worker.profiles import ProfileCache
 from worker.ratelimit import SharedRateLimiter
@@ -38,6 +39,19 @@ class Runtime:
     routes: Routes | None = None
     _source: Source | None = None
     _profiles: ProfileCache | None = None
+
+    def confirm_replicated(self) -> None:
+        """Return once ``REDIS_MIN_REPLICAS`` replicas hold every write made so far (at once
+        when none is required); ``NotReplicated`` when they do not within
+        ``REDIS_REPLICA_TIMEOUT_MS``. A delivery calls it between recording ``posting`` and
+        posting: a failover that lost that record would post the note a second time."""
+        required = self.settings.replicas_to_wait_for
+        if not required:
+            return
+        timeout = self.settings.redis_replica_timeout_ms
+        pipe = self.redis.pipeline(transaction=False)
+        fence_and_wait(pipe, self.store.prefix, required, timeout)
+        check_replicated(pipe.execute(), required, timeout)
 
     @property
     def source_class(self) -> type[Source]:
@@ -140,12 +154,22 @@ def async_redis_client(url: str) -> redis.asyncio.Redis:
     return redis.asyncio.Redis.from_url(target, **options)
 
 
-def replication_fence_key(prefix: str) -> str:
-    """A key written just before ``WAIT``: Redis waits for the replicas to reach the offset of
-    the connection's last write, so writing here first makes ``WAIT`` cover everything the
-    master took before it (also writes of other connections, and an event recorded by an
-    earlier request that a retry finds as a duplicate and did not write again)."""
-    return f"{prefix}replication-fence"
+def fence_and_wait(pipe: Any, prefix: str, required: int, timeout_ms: int) -> None:
+    """Add to ``pipe`` (one connection, sync or asyncio) a write of the fence key and a
+    ``WAIT``. Redis waits for the replicas to reach the offset of the connection's *own* last
+    write, so writing the fence first makes ``WAIT`` cover everything the master took before
+    it: writes of other connections, and an event recorded by an earlier request that a retry
+    finds as a duplicate (and does not write again)."""
+    pipe.incr(f"{prefix}replication-fence")
+    pipe.wait(required, timeout_ms)
+
+
+def check_replicated(results: list[Any], required: int, timeout_ms: int) -> None:
+    """``NotReplicated`` unless ``fence_and_wait``'s ``WAIT`` (the last result) counted
+    ``required`` replicas."""
+    acknowledged = int(results[-1])
+    if acknowledged < required:
+        raise NotReplicated(acknowledged, required, timeout_ms)
 
 
 def load_routing(settings: Settings) -> Routes | None:

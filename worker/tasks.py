@@ -427,6 +427,8 @@ def attempt_delivery(
             }
         )
         store.save_sink(event.id, sink.name, record)
+        # With replicas: post only once they hold "posting" (else a failover could lose it).
+        rt.confirm_replicated()
         if note.warning:
             store.add_step(event.id, "template_failed", note.warning, sink=sink.name)
         result = sink.deliver(event, context, note)
