@@ -9,9 +9,13 @@ temporary directory; never the shared Redis on 6379. Every process is stopped by
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import redis
@@ -47,9 +51,7 @@ class SentinelTopology:
         return f"redis+sentinel://{hosts}/{MASTER_NAME}/0"
 
     def client(self, port: int) -> redis.Redis:
-        return redis.Redis(
-            host="127.0.0.1", port=port, socket_connect_timeout=1, socket_timeout=5
-        )
+        return redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=1, socket_timeout=5)
 
     def master_port(self) -> int:
         """The port the Sentinels name as the master's now (the first that answers)."""
@@ -154,6 +156,22 @@ class SentinelTopology:
             except redis.RedisError:
                 return False
         return True
+
+    def replica_port(self) -> int:
+        """The data server that is not the master now."""
+        master = self.master_port()
+        return next(port for port in self.data_ports if port != master)
+
+    @contextmanager
+    def paused(self, port: int) -> Iterator[None]:
+        """The server on ``port`` stopped (SIGSTOP) for the block: it neither answers nor
+        acknowledges replication, as a replica behind a network partition."""
+        proc = self.procs[port]
+        os.kill(proc.pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            os.kill(proc.pid, signal.SIGCONT)
 
     def failover(self, timeout: float = 30.0) -> int:
         """``SENTINEL FAILOVER``; returns the new master's port once it takes writes and has

@@ -34,9 +34,7 @@ def settings(redis_url: str, **overrides: Any) -> Settings:
         ),
         (
             f"redis+sentinel://:{PASSWORD}@s1:1,[::1]:2,[fe80::1]/m/0",
-            SentinelTarget(
-                (("s1", 1), ("::1", 2), ("fe80::1", 26379)), "m", 0, None, PASSWORD
-            ),
+            SentinelTarget((("s1", 1), ("::1", 2), ("fe80::1", 26379)), "m", 0, None, PASSWORD),
         ),
         (
             "REDIS+SENTINEL://app%40x:p%3Aw@s1:5/m/",
@@ -103,9 +101,7 @@ def test_the_redis_password_is_scrubbed_from_logs() -> None:
 def test_celerys_broker_asks_the_sentinels_in_kombus_form() -> None:
     s = settings(f"redis+sentinel://:{PASSWORD}@10.0.0.1:26379,[::1]:26380/mymaster/3")
     url, options = broker_settings(s)
-    assert url == (
-        f"sentinel://:{PASSWORD}@10.0.0.1:26379/3;sentinel://[::1]:26380/3"
-    )
+    assert url == (f"sentinel://:{PASSWORD}@10.0.0.1:26379/3;sentinel://[::1]:26380/3")
     assert options == {"master_name": "mymaster"}
     app = create_celery(s)
     assert app.conf.broker_transport_options["master_name"] == "mymaster"
