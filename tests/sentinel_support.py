@@ -13,7 +13,6 @@ import os
 import shutil
 import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -41,6 +40,7 @@ class SentinelTopology:
         self.data_ports = [free_port(), free_port()]
         self.sentinel_ports = [free_port() for _ in range(sentinels)]
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
+        self._argv: dict[int, list[str]] = {}
 
     # Where things are ----------------------------------------------------------------------
 
@@ -72,6 +72,7 @@ class SentinelTopology:
     # Start and stop ------------------------------------------------------------------------
 
     def _spawn(self, port: int, argv: list[str]) -> None:
+        self._argv[port] = argv
         with open(self.folder / f"{port}.log", "ab") as out:
             self.procs[port] = subprocess.Popen(
                 argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
@@ -186,11 +187,18 @@ class SentinelTopology:
         wait_for(lambda: self.in_sync(new), timeout, message="the old master to follow")
         return int(new)
 
-    def wait_for_replication(self, timeout: float = 10.0) -> None:
-        """The current master's replica has everything the master has."""
-        master = self.client(self.master_port())
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if int(master.execute_command("WAIT", 1, 200)) >= 1:
-                return
-        raise AssertionError("the replica did not catch up")
+    def kill_master(self, timeout: float = 30.0) -> int:
+        """SIGKILL the master (what it had not replicated is lost), start it again empty on
+        its port once the Sentinels have promoted the replica, and return the new master's
+        port once the old one follows it (the Sentinels turn it into a replica)."""
+        old = self.master_port()
+        self.procs[old].kill()
+        self.procs[old].wait(timeout=10)
+        new = wait_for(
+            lambda: (port := self.master_port()) != old and self.role(port) == "master" and port,
+            timeout,
+            message="the Sentinels to promote the replica",
+        )
+        self._spawn(old, self._argv[old])
+        wait_for(lambda: self.in_sync(int(new)), timeout, message="the old master to follow")
+        return int(new)

@@ -307,3 +307,13 @@ def test_a_batch_sends_its_writes_together_and_nothing_when_it_raises(runtime: R
     assert snapshot.event == event and snapshot.context is not None
     assert set(snapshot.sinks) == {"recording"}
     assert runtime.store.snapshot("evt_unknown") is None
+
+
+def test_the_tasks_reschedule_without_celerys_retry_limit() -> None:
+    """``_reschedule`` passes ``max_retries=None``, which Celery reads as the task's own limit:
+    the tasks must have none, or a pair throttled (or waiting for Redis replicas) a fourth time
+    would end with MaxRetriesExceededError instead of being tried again."""
+    from worker.tasks import deliver_to_sink, enrich_event
+
+    assert enrich_event.max_retries is None
+    assert deliver_to_sink.max_retries is None

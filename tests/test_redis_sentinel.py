@@ -13,10 +13,15 @@ import pytest
 from fastapi.testclient import TestClient
 from harness import TEST_SECRET, new_prefix, new_queue, send_event
 from sentinel_support import SentinelTopology
+from test_delivery import RecordingSink
 
 from config.settings import Settings, load_settings
 from worker.errors import NotReplicated
+from worker.events import Event
+from worker.journey import JourneyContext
 from worker.runtime import build_runtime
+from worker.store import SinkRecord
+from worker.tasks import deliver
 from worker.web import create_app
 
 VID = "a3ab2331-989f-4cfa-91c6-2461c9e3c6bd"
@@ -117,6 +122,27 @@ def test_a_delivery_is_confirmed_only_when_the_replica_has_its_record(
     )
     # A NotReplicated is a Throttled: the delivery waits and retries, using no attempt.
     assert caught.value.retry_after == 1.0
+
+
+def test_a_delivery_posts_nothing_until_the_replica_holds_its_posting_record(
+    topo: SentinelTopology, settings: Settings
+) -> None:
+    runtime = build_runtime(settings)
+    sink = RecordingSink(settings, runtime.limiter)
+    runtime.sinks = {"recording": sink}
+    event = Event(id="evt_held", type="support_ticket", ticket_id="1", visitor_id=VID)
+    assert runtime.store.accept(event)
+    context = JourneyContext(provider="DataFast", visitor_id=VID)
+    runtime.store.save_context(event.id, context)
+    runtime.store.plan_sinks(event.id, {"recording": SinkRecord()}, {})
+    with topo.paused(topo.replica_port()):
+        # Waiting for the replica, as for a rate limit: nothing posted, no attempt used.
+        assert deliver(runtime, event, context, "recording") == 1.0
+        assert sink.posted == []
+        record = runtime.store.sink_record(event.id, "recording")
+        assert record is not None and (record.state, record.attempts) == ("pending", 0)
+    assert deliver(runtime, event, context, "recording") is None
+    assert sink.posted == [event.marker]
 
 
 def test_plain_redis_clients_and_sentinel_clients_reach_the_same_master(
