@@ -50,6 +50,7 @@ from typing import Any
 import orjson
 import redis.asyncio
 
+from worker.errors import NotReplicated
 from worker.events import Event
 from worker.runtime import async_redis_client, check_replicated, fence_and_wait
 from worker.store import EventStore
@@ -311,4 +312,10 @@ class EventIntake:
         ``NotReplicated`` when too few replicas have it within the timeout."""
         pipe = client.pipeline(transaction=False)
         fence_and_wait(pipe, self.store.prefix, self.min_replicas, self.replica_timeout_ms)
-        check_replicated(await pipe.execute(), self.min_replicas, self.replica_timeout_ms)
+        try:
+            check_replicated(await pipe.execute(), self.min_replicas, self.replica_timeout_ms)
+        except NotReplicated:
+            # Perhaps a master the Sentinels have just replaced (it lost its replica): idle
+            # connections would go on talking to it; new ones ask the Sentinels again.
+            await client.connection_pool.disconnect(inuse_connections=False)
+            raise

@@ -51,7 +51,12 @@ class Runtime:
         timeout = self.settings.redis_replica_timeout_ms
         pipe = self.redis.pipeline(transaction=False)
         fence_and_wait(pipe, self.store.prefix, required, timeout)
-        check_replicated(pipe.execute(), required, timeout)
+        try:
+            check_replicated(pipe.execute(), required, timeout)
+        except NotReplicated:
+            # As in the intake (worker/intake.py): let new connections ask the Sentinels.
+            self.redis.connection_pool.disconnect(inuse_connections=False)
+            raise
 
     @property
     def source_class(self) -> type[Source]:
