@@ -152,3 +152,23 @@ def test_plain_redis_clients_and_sentinel_clients_reach_the_same_master(
     runtime.redis.set(f"{settings.redis_key_prefix}where", "here")
     direct = topo.client(topo.master_port())
     assert direct.get(f"{settings.redis_key_prefix}where") == b"here"
+
+
+def test_a_hash_left_by_a_task_on_a_new_master_is_not_taken_for_the_event(
+    topo: SentinelTopology, settings: Settings, client: TestClient
+) -> None:
+    """A worker's writes that reached the new master after a failover, for an event that was
+    only on the old one (its sender got 503), leave an event hash without the event: the
+    sender's retry must be accepted and queued, not answered "duplicate"."""
+    runtime = build_runtime(settings)
+    key = f"{settings.redis_key_prefix}event:evt_phantom"
+    runtime.redis.hset(key, mapping={"state": "failed", "reason": "stale"})
+    runtime.store.save_sink("evt_phantom", "zendesk", SinkRecord(state="delivered", attempts=1))
+    response = post(client, "evt_phantom")
+    assert response.status_code == 202, response.text
+    assert runtime.redis.hget(key, "state") == b"queued"
+    assert runtime.redis.hget(key, "reason") is None
+    assert runtime.redis.llen(settings.celery_queue) == 1
+    # What was posted stays recorded, so the new task does not post it again.
+    record = runtime.store.sink_record("evt_phantom", "zendesk")
+    assert record is not None and record.state == "delivered"

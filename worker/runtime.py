@@ -51,12 +51,9 @@ class Runtime:
         timeout = self.settings.redis_replica_timeout_ms
         pipe = self.redis.pipeline(transaction=False)
         fence_and_wait(pipe, self.store.prefix, required, timeout)
-        try:
-            check_replicated(pipe.execute(), required, timeout)
-        except NotReplicated:
-            # As in the intake (worker/intake.py): let new connections ask the Sentinels.
-            self.redis.connection_pool.disconnect(inuse_connections=False)
-            raise
+        # Unlike the intake, the connections are kept: the task's next writes (the record put
+        # back) then go where its earlier ones went, not to a new master without the event.
+        check_replicated(pipe.execute(), required, timeout)
 
     @property
     def source_class(self) -> type[Source]:

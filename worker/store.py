@@ -120,7 +120,9 @@ def overall_state(sinks: dict[str, SinkRecord]) -> EventState | None:
 # at worst a task whose event is not recorded, which the task ignores, never a recorded
 # event whose task is lost. The "accepted" step is not written to the steps list: it is
 # ``created_at`` and the event's type, which ``describe`` shows first (five commands per
-# event instead of eight: the script is most of Redis's work per inbound event).
+# event instead of eight: the script is most of Redis's work per inbound event). A hash
+# without 'created_at' and without a tombstone is no accepted event (see the script); that
+# check costs no command for an event seen for the first time.
 _ACCEPT = """
 local created = {}
 local journeys = {}
@@ -130,7 +132,17 @@ for i = 1, (#KEYS - 3) / 2 do
   local a = 3 * i + 1
   local message = ARGV[a + 2]
   created[i] = 0
-  if redis.call('EXISTS', event_key, KEYS[3 + 2 * i]) > 0 then
+  local found = redis.call('EXISTS', event_key, KEYS[3 + 2 * i])
+  if found == 1 and redis.call('HEXISTS', event_key, 'created_at') == 0
+      and redis.call('EXISTS', KEYS[3 + 2 * i]) == 0 then
+    -- Left by a task's writes that reached a new master without the event (a Redis Sentinel
+    -- failover: the event was on the old one, whose sender got 503): no accepted event, which
+    -- always has created_at (kept by retention's scrub too). Its stale fields go; its sink
+    -- records stay (they say what was posted already).
+    redis.call('DEL', event_key)
+    found = 0
+  end
+  if found > 0 then
     if message ~= '' and redis.call('HGET', event_key, 'state') == 'queued'
         and redis.call('HEXISTS', event_key, 'enqueued') == 0 then
       redis.call('LPUSH', KEYS[2], message)
