@@ -75,8 +75,11 @@ def _runtime(settings: Settings) -> Runtime:
 def _redis_answers(url: str) -> bool:
     import redis
 
+    from worker.runtime import client_for_url
+
     try:
-        return bool(redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1).ping())
+        client = client_for_url(url, socket_connect_timeout=1, socket_timeout=1)
+        return bool(client.ping())
     except redis.RedisError:
         return False
 

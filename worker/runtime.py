@@ -105,13 +105,20 @@ def redis_client(settings: Settings) -> redis.Redis:
     the master before each new connection; a connection to a master that went down or became
     a replica fails (``ConnectionError``, also for redis-py's ``READONLY`` check) and is
     dropped, and redis-py's retry reconnects to the master the Sentinels now name."""
-    target = settings.redis_target
+    return client_for_url(settings.redis_url)
+
+
+def client_for_url(url: str, **overrides: Any) -> redis.Redis:
+    """A client for a ``REDIS_URL`` of either form, with ``_CLIENT_OPTIONS`` and
+    ``overrides``."""
+    target = parse_redis_url(url)
     if isinstance(target, SentinelTarget):
+        options = _master_options(target) | overrides
         sentinel = redis.sentinel.Sentinel(
-            list(target.sentinels), sentinel_kwargs=_SENTINEL_OPTIONS, **_master_options(target)
+            list(target.sentinels), sentinel_kwargs=_SENTINEL_OPTIONS, **options
         )
         return sentinel.master_for(target.master_name)
-    return redis.Redis.from_url(target, **_CLIENT_OPTIONS)
+    return redis.Redis.from_url(target, **(_CLIENT_OPTIONS | overrides))
 
 
 class _HiredisPacking:
