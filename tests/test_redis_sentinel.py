@@ -172,3 +172,11 @@ def test_a_hash_left_by_a_task_on_a_new_master_is_not_taken_for_the_event(
     # What was posted stays recorded, so the new task does not post it again.
     record = runtime.store.sink_record("evt_phantom", "zendesk")
     assert record is not None and record.state == "delivered"
+
+
+def test_the_cli_finds_redis_through_the_sentinels(topo: SentinelTopology) -> None:
+    from worker.cli import _redis_answers
+
+    assert _redis_answers(topo.url)
+    unknown_master = topo.url.replace("/mymaster/", "/othermaster/")
+    assert not _redis_answers(unknown_master)
