@@ -172,6 +172,12 @@ def test_a_hash_left_by_a_task_on_a_new_master_is_not_taken_for_the_event(
     # What was posted stays recorded, so the new task does not post it again.
     record = runtime.store.sink_record("evt_phantom", "zendesk")
     assert record is not None and record.state == "delivered"
+    # An accepted event whose personal data retention removed (no 'event' field) is still one.
+    assert runtime.store.scrub_event("evt_phantom")
+    assert runtime.redis.hget(key, "event") is None
+    again = post(client, "evt_phantom")
+    assert again.status_code == 200, again.text
+    assert runtime.redis.llen(settings.celery_queue) == 1
 
 
 def test_the_cli_finds_redis_through_the_sentinels(topo: SentinelTopology) -> None:
