@@ -7,10 +7,12 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from kombu.transport import redis as kombu_redis
 
 from config.redis_target import SentinelTarget, parse_redis_url
 from config.settings import ConfigError, Settings, load_settings
 from worker.app import broker_settings, create_celery, redbeat_settings
+from worker.broker import SentinelChannel, SentinelTransport
 
 PASSWORD = "s3cr3t-Redis-pa55"
 
@@ -52,7 +54,7 @@ def test_sentinel_urls_are_parsed(url: str, expected: SentinelTarget) -> None:
 def test_plain_urls_are_used_as_they_are(url: str) -> None:
     assert parse_redis_url(url) == url
     assert settings(url).replicas_to_wait_for == 0
-    assert broker_settings(settings(url)) == (url, {})
+    assert broker_settings(settings(url)) == (url, "worker.broker:Transport", {})
 
 
 @pytest.mark.parametrize(
@@ -100,14 +102,17 @@ def test_the_redis_password_is_scrubbed_from_logs() -> None:
 
 def test_celerys_broker_asks_the_sentinels_in_kombus_form() -> None:
     s = settings(f"redis+sentinel://:{PASSWORD}@10.0.0.1:26379,[::1]:26380/mymaster/3")
-    url, options = broker_settings(s)
+    url, transport, options = broker_settings(s)
     assert url == (f"sentinel://:{PASSWORD}@10.0.0.1:26379/3;sentinel://[::1]:26380/3")
     assert options == {"master_name": "mymaster"}
+    assert transport == "worker.broker:SentinelTransport"
     app = create_celery(s)
     assert app.conf.broker_transport_options["master_name"] == "mymaster"
-    # kombu picks its Sentinel transport from the URL, and reads every Sentinel from it.
+    # kombu's Sentinel transport (with worker/broker.py's fix), reading every Sentinel.
     with app.connection_for_write() as connection:
-        assert type(connection.transport).__name__ == "SentinelTransport"
+        assert isinstance(connection.transport, SentinelTransport)
+        assert connection.transport.Channel is SentinelChannel
+        assert issubclass(SentinelChannel, kombu_redis.SentinelChannel)
         assert connection.alt == url.split(";")
 
 

@@ -26,8 +26,9 @@ REDIS_SOCKET_OPTIONS: dict[str, Any] = {
 }
 
 
-def broker_settings(settings: Settings) -> tuple[str, dict[str, Any]]:
-    """The broker URL and the transport options that locate it, in kombu's form.
+def broker_settings(settings: Settings) -> tuple[str, str, dict[str, Any]]:
+    """The broker URL, the transport (worker/broker.py) and the transport options that
+    locate the broker, in kombu's form.
 
     kombu's Redis Sentinel transport takes ``sentinel://h1:p1/db;sentinel://h2:p2/db`` (it
     asks each in turn) and the master's name as a transport option; the master's credentials
@@ -36,7 +37,7 @@ def broker_settings(settings: Settings) -> tuple[str, dict[str, Any]]:
     """
     target = settings.redis_target
     if not isinstance(target, SentinelTarget):
-        return target, {}
+        return target, "worker.broker:Transport", {}
     credentials = ""
     if target.username or target.password:
         credentials = f"{quote(target.username or '', safe='')}"
@@ -47,7 +48,7 @@ def broker_settings(settings: Settings) -> tuple[str, dict[str, Any]]:
         f"sentinel://{credentials if i == 0 else ''}{_host(host)}:{port}/{target.db}"
         for i, (host, port) in enumerate(target.sentinels)
     ]
-    return ";".join(urls), {"master_name": target.master_name}
+    return ";".join(urls), "worker.broker:SentinelTransport", {"master_name": target.master_name}
 
 
 def redbeat_settings(settings: Settings) -> dict[str, Any]:
@@ -76,7 +77,7 @@ def _host(host: str) -> str:
 
 
 def create_celery(settings: Settings) -> Celery:
-    broker_url, broker_location = broker_settings(settings)
+    broker_url, broker_transport, broker_location = broker_settings(settings)
     app = Celery(
         "visitor_enrich",
         broker=broker_url,
@@ -85,7 +86,7 @@ def create_celery(settings: Settings) -> Celery:
     app.conf.update(
         # kombu's Redis transport, with channels that survive their connection being
         # collected on a broker outage (worker/broker.py).
-        broker_transport="worker.broker:Transport",
+        broker_transport=broker_transport,
         task_serializer="json",
         accept_content=["json"],
         result_serializer="json",

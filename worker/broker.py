@@ -45,3 +45,20 @@ class Channel(kombu_redis.Channel):
 
 class Transport(kombu_redis.Transport):
     Channel = Channel
+
+
+class SentinelChannel(Channel, kombu_redis.SentinelChannel):
+    """kombu's Sentinel channel (``REDIS_URL=redis+sentinel://...``) with the same fix. It
+    builds its pool from the Sentinel addresses of ``self.connection.client`` too; once that
+    is gone, a connection error (which kombu and Celery handle) instead of the
+    AttributeError. Its unacknowledged messages come back after the visibility timeout."""
+
+    def _sentinel_managed_pool(self, asynchronous: bool = False) -> Any:
+        transport = self.connection
+        if transport is None or transport.client is None:
+            raise redis.ConnectionError("the broker connection of this channel is closed")
+        return super()._sentinel_managed_pool(asynchronous)  # type: ignore[no-untyped-call]
+
+
+class SentinelTransport(kombu_redis.SentinelTransport):
+    Channel = SentinelChannel
