@@ -155,16 +155,18 @@ def plan(
     return planned, skipped
 
 
-# max_retries=None on the tasks: ``task.retry(max_retries=None)`` means the task's own limit
-# (Celery's default: 3), so a pair throttled or waiting for Redis replicas a fourth time would
-# end with MaxRetriesExceededError instead of being rescheduled.
-@app.task(
-    bind=True,
-    name=ENRICH_EVENT_TASK,
-    acks_late=True,
-    reject_on_worker_lost=True,
-    max_retries=None,
-)
+# The options of the two event tasks. max_retries=None: ``task.retry(max_retries=None)``
+# means the task's own limit (Celery's default: 3), so a pair throttled or waiting for Redis
+# replicas a fourth time would end with MaxRetriesExceededError instead of being rescheduled.
+EVENT_TASK_OPTIONS: dict[str, Any] = {
+    "bind": True,
+    "acks_late": True,
+    "reject_on_worker_lost": True,
+    "max_retries": None,
+}
+
+
+@app.task(name=ENRICH_EVENT_TASK, **EVENT_TASK_OPTIONS)
 def enrich_event(self: Task, event_id: str) -> None:
     rt = get_runtime()
     store, settings = rt.store, rt.settings
@@ -329,13 +331,7 @@ DEFAULT_RULE = "default"
 LOCKED_RETRY_SECONDS = 2.0
 
 
-@app.task(
-    bind=True,
-    name=DELIVER_TO_SINK_TASK,
-    acks_late=True,
-    reject_on_worker_lost=True,
-    max_retries=None,
-)
+@app.task(name=DELIVER_TO_SINK_TASK, **EVENT_TASK_OPTIONS)
 def deliver_to_sink(self: Task, event_id: str, sink_name: str) -> None:
     """One sink's retry (or replay): the first attempt is made inline by ``enrich_event``."""
     rt = get_runtime()
