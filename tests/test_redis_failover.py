@@ -145,7 +145,7 @@ def test_a_failover_under_load_loses_no_accepted_event_and_posts_no_note_twice(
                         }
                         item = Sent(event_id, payload, time.monotonic(), ticket=ticket)
                     sent.append(item)
-                    _send_until_answered(http, item, time.monotonic() + 40)
+                    _send_until_answered(http, item, time.monotonic() + 120)
                     time.sleep(0.05)
 
         thread = threading.Thread(target=sender)
@@ -158,7 +158,7 @@ def test_a_failover_under_load_loses_no_accepted_event_and_posts_no_note_twice(
             time.sleep(4.0)
         finally:
             stop.set()
-            thread.join(timeout=60)
+            thread.join(timeout=150)
         accepted = [s for s in sent if s.accepted]
         ids = [s.event_id for s in accepted]
         deadline = time.monotonic() + 90
