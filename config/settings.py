@@ -193,6 +193,9 @@ class Settings(BaseSettings):
     zendesk_webhook_secret: OptionalSecret = None
     # The id of the ticket field that holds the DataFast visitor id.
     zendesk_visitor_field: OptionalStr = None
+    # Zendesk documents no tolerance for X-Zendesk-Webhook-Signature-Timestamp, nor whether a
+    # retry is signed anew: a wide window by default; 0 turns the check off.
+    zendesk_timestamp_tolerance: int = Field(default=3600, ge=0)
     intercom_base_url: AnyHttpUrl = AnyHttpUrl("https://api.intercom.io")
     intercom_access_token: OptionalSecret = None
     intercom_client_secret: OptionalSecret = None
@@ -205,8 +208,9 @@ class Settings(BaseSettings):
     helpscout_app_secret: OptionalSecret = None
     helpscout_webhook_secret: OptionalSecret = None
     helpscout_visitor_field: str = "datafast_visitor_id"
-    # Help Scout: the limit depends on the plan (writes count twice); 200/min is the lowest.
-    helpscout_rate_limit: RateSetting = Rate(200, 60)
+    # Help Scout: the limit depends on the plan, 200/min on the lowest, and a write counts
+    # twice; a note is a write, so 100 calls a minute stay under it whatever the mix.
+    helpscout_rate_limit: RateSetting = Rate(100, 60)
     # https://<your-domain>.freshdesk.com: each account has its own, so there is no default.
     freshdesk_base_url: OptionalUrl = None
     freshdesk_api_key: OptionalSecret = None
@@ -400,6 +404,14 @@ class Settings(BaseSettings):
             raise ValueError("must be an http(s) URL")
         return value
 
+    @field_validator("helpscout_webhook_secret")
+    @classmethod
+    def _check_helpscout_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        # Help Scout takes a webhook secret of at most 40 characters (POST /v2/webhooks).
+        if any(len(part.get_secret_value()) > 40 for part in split_secrets(value)):
+            raise ValueError("each secret must be at most 40 characters (Help Scout's limit)")
+        return value
+
     @field_validator("hot_paths")
     @classmethod
     def _check_hot_paths(cls, value: str) -> str:
@@ -435,6 +447,8 @@ class Settings(BaseSettings):
         _all_or_none(self, ("crisp_identifier", "crisp_key"))
         if self.crisp_key is not None and not self.crisp_website_id:
             raise ValueError("CRISP_WEBSITE_ID: required with CRISP_IDENTIFIER and CRISP_KEY")
+        _all_or_none(self, ("intercom_access_token", "intercom_admin_id"))
+        _all_or_none(self, ("helpscout_app_id", "helpscout_app_secret"))
         if self.source == "postmetric" and (
             self.postmetric_api_key is None or self.postmetric_base_url is None
         ):

@@ -34,6 +34,7 @@ SHARED = [
     "signature",
     "store",
     "retry",
+    "oauth",
 ]
 
 

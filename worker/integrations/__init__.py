@@ -18,7 +18,9 @@ from worker.integrations import (
     datafast,
     discord,
     freshdesk,
+    helpscout,
     hubspot,
+    intercom,
     pipedrive,
     plain,
     postmetric,
@@ -49,6 +51,8 @@ INTEGRATIONS: list[Integration] = [
     freshdesk.INTEGRATION,
     crisp.INTEGRATION,
     plain.INTEGRATION,
+    intercom.INTEGRATION,
+    helpscout.INTEGRATION,
     console.INTEGRATION,
 ]
 
