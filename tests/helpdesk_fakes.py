@@ -139,21 +139,12 @@ class HelpdeskFake(FaultyUpstream):
 
 
 def helpdesk_settings(fake: HelpdeskFake, prefix: str, queue: str = "q", **overrides: Any) -> Any:
-    """Settings pointing every system at ``fake`` (in-process tests: runtime, TestClient)."""
-    from harness import REDIS_URL, TEST_SECRET
-
-    from config import load_settings
+    """Settings pointing every system at ``fake`` (in-process tests: runtime, TestClient),
+    on top of the harness's ``web_settings`` (test Redis, secret, API token)."""
+    from harness import web_settings
 
     env = {k.lower(): v for k, v in fake.env().items() if v and not k.startswith("SLACK")}
-    values: dict[str, Any] = {
-        "redis_url": REDIS_URL,
-        "redis_key_prefix": prefix,
-        "celery_queue": queue,
-        "webhook_secret": TEST_SECRET,
-        **env,
-        **overrides,
-    }
-    return load_settings(_env_file=None, **values)
+    return web_settings(prefix, queue, **(env | overrides))
 
 
 @contextmanager
