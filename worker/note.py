@@ -24,6 +24,7 @@ from worker.text import (
     cut,
     format_datetime,
     joined,
+    money,
     number,
     one_line,
     percent,
@@ -40,6 +41,9 @@ __all__ = [
     "journey_sections",
     "make_facts",
     "not_found_text",
+    "note_sections",
+    "payment_section",
+    "payment_summary",
     "provider_name",
     "title",
     "who",
@@ -124,7 +128,13 @@ def who(event: Event) -> str | None:
 
 def title(event: Event, ctx: JourneyContext) -> str:
     person = who(event)
-    text = f"Visitor journey from {provider_name(ctx.provider)}"
+    provider = provider_name(ctx.provider)
+    if event.type == "payment":
+        amount = _amount(event)
+        paid = f"Payment of {amount}" if amount else "Payment"
+        paid = f"{paid} by {person}" if person else paid
+        return f"{paid}: visitor journey from {provider}"
+    text = f"Visitor journey from {provider}"
     return f"{text} for {person}" if person else text
 
 
@@ -279,6 +289,54 @@ def journey_sections(ctx: JourneyContext, limits: Limits = FULL) -> list[Section
         _prediction_section(ctx, limits),
     ]
     return [s for s in candidates if s is not None]
+
+
+def _amount(event: Event) -> str | None:
+    payment = event.payment
+    if payment is None or payment.amount is None:
+        return None
+    return money(payment.amount, payment.currency)
+
+
+def payment_section(event: Event, ctx: JourneyContext, limits: Limits = FULL) -> Section | None:
+    """What a ``payment`` event's buyer bought, for how much, and where they first came from
+    (the first touch); None for other events."""
+    if event.type != "payment" and event.payment is None:
+        return None
+    payment = event.payment
+    facts = make_facts(
+        [
+            ("Bought", payment.description if payment else None, "both"),
+            ("Amount", _amount(event), "both"),
+            ("Came from", ctx.first_touch.label if ctx.found else None, "both"),
+        ],
+        limits,
+    )
+    return Section("payment", "Payment", facts) if facts else None
+
+
+def payment_summary(event: Event, ctx: JourneyContext) -> str | None:
+    """One line for an alert's headline: ``Bought Pro plan for 49.00 EUR, first came from
+    hn / social``; None for other events."""
+    if event.type != "payment":
+        return None
+    payment = event.payment
+    what = one_line(payment.description) if payment and payment.description else "a payment"
+    amount = _amount(event)
+    text = f"Bought {what} for {amount}" if amount else f"Bought {what}"
+    return f"{text}, first came from {ctx.first_touch.label}" if ctx.found else text
+
+
+def note_sections(event: Event, ctx: JourneyContext, limits: Limits = FULL) -> list[Section]:
+    """Every section of the note for ``event``: what the event itself says (a payment), then
+    the journey when one was found. Renderers that show the whole note use this."""
+    payment = payment_section(event, ctx, limits)
+    journey = journey_sections(ctx, limits) if ctx.found else []
+    if payment is None:
+        return journey
+    # Right after the journey's facts (which renderers show without a heading), so that the
+    # payment has its own heading near the top.
+    return [*journey[:1], payment, *journey[1:]]
 
 
 def fit(

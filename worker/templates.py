@@ -33,7 +33,7 @@ from config import ConfigError
 from worker.events import Event
 from worker.formats import escape_markdown, markdown_code
 from worker.journey import JourneyContext
-from worker.note import FULL, Limits, journey_sections, not_found_text, title
+from worker.note import FULL, Limits, not_found_text, note_sections, title
 from worker.text import format_datetime
 
 __all__ = [
@@ -162,7 +162,8 @@ def template_context(
         "found": context.found,
         "title": title(event, context),
         "not_found": not_found_text(context) if not context.found else "",
-        "sections": journey_sections(context, limits) if context.found else [],
+        # A journey not found still has the event's own sections (what a payment bought).
+        "sections": note_sections(event, context, limits),
         "marker": event.marker,
         "score": context.score,
         "first_touch": context.first_touch.label,

@@ -17,6 +17,7 @@ __all__ = [
     "format_datetime",
     "iso_utc",
     "joined",
+    "money",
     "number",
     "one_line",
     "percent",
@@ -54,6 +55,12 @@ def percent(fraction: float) -> str:
 
 def usd(value: float) -> str:
     return f"{value:,.2f} USD"
+
+
+def money(amount: float, currency: str | None) -> str:
+    """``1,049.00 EUR``: an amount in major units with its ISO currency code (none: bare)."""
+    text = f"{amount:,.2f}"
+    return f"{text} {currency.upper()}" if currency else text
 
 
 def one_line(value: Any) -> str:

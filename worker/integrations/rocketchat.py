@@ -52,7 +52,7 @@ from worker.inbound import (
 )
 from worker.integration import Integration
 from worker.journey import JourneyContext
-from worker.note import Limits, fit, journey_sections, not_found_text, title
+from worker.note import Limits, fit, not_found_text, note_sections, title
 from worker.ratelimit import SharedRateLimiter
 from worker.signature import matches_any
 from worker.sink import Completion, DeliveryResult, Note, Sink
@@ -350,7 +350,7 @@ _ROCKETCHAT_LEVELS = (
 
 def _rocketchat(event: Event, ctx: JourneyContext, limits: Limits) -> str:
     lines = [f"*{title(event, ctx)}*"]
-    for section in journey_sections(ctx, limits):
+    for section in note_sections(event, ctx, limits):
         if section.key == "journey":
             lines += [f"*{f.label}:* {f.value}" for f in section.brief_facts()]
             continue

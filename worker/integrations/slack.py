@@ -20,8 +20,9 @@ from worker.journey import HotVisitor, JourneyContext
 from worker.note import (
     Fact,
     Limits,
-    journey_sections,
     not_found_text,
+    note_sections,
+    payment_summary,
     provider_name,
     who,
 )
@@ -132,8 +133,11 @@ def render_slack_alert(event: Event, ctx: JourneyContext) -> dict[str, Any]:
     """Incoming-webhook payload ``{"text", "blocks"}`` for a hot-lead alert."""
     marker = escape_mrkdwn(event.marker)
     person = _slack_who(event)
+    paid = payment_summary(event, ctx)
     if not ctx.found:
         note = escape_mrkdwn(not_found_text(ctx))
+        if paid:
+            note = f"*{escape_mrkdwn(paid)}*\n{note}"
         return {
             "text": _slack_fallback(note, marker),
             "blocks": [
@@ -143,21 +147,24 @@ def render_slack_alert(event: Event, ctx: JourneyContext) -> dict[str, Any]:
         }
 
     limits = Limits(pages=SLACK_KEY_PAGES, items=5, chars=200)
-    sections = {s.key: s for s in journey_sections(ctx, limits)}
+    sections = {s.key: s for s in note_sections(event, ctx, limits)}
     prediction = sections.get("prediction")
     journey = sections["journey"]
+    payment = sections.get("payment")
     fields = [
         f
-        for s in (prediction, journey)
+        for s in (payment, prediction, journey)
         if s is not None
         for f in s.brief_facts()
-        if f.label != "Visitor ID"
+        # The payment's "Came from" is the journey's first touch, shown once.
+        if f.label not in ("Visitor ID", "Came from")
     ][:SLACK_MAX_FIELDS]
 
     visitor = f"{provider_name(ctx.provider)} visitor `{escape_mrkdwn(ctx.visitor_id)}`"
     # plain_text is shown literally (no mrkdwn, so no escaping); mrkdwn texts are escaped.
-    header = f"Hot lead: {one_line(event.name or event.email or f'visitor {ctx.visitor_id}')}"
-    headline = f"Hot lead: {who(event) or f'visitor {ctx.visitor_id}'}"
+    kind = "Payment" if event.type == "payment" else "Hot lead"
+    header = f"{kind}: {one_line(event.name or event.email or f'visitor {ctx.visitor_id}')}"
+    headline = f"{kind}: {who(event) or f'visitor {ctx.visitor_id}'}"
     blocks: list[dict[str, Any]] = [
         {
             "type": "header",
@@ -165,6 +172,8 @@ def render_slack_alert(event: Event, ctx: JourneyContext) -> dict[str, Any]:
         },
         _slack_section(f"{person}\n{visitor}" if person else visitor),
     ]
+    if paid:
+        blocks.append(_slack_section(f"*{escape_mrkdwn(paid)}*"))
     if fields:
         blocks.append(_slack_fields(fields))
     if "pages" in sections:
@@ -176,10 +185,10 @@ def render_slack_alert(event: Event, ctx: JourneyContext) -> dict[str, Any]:
         blocks.append(_slack_context(escape_mrkdwn(text)))
     blocks.append(_slack_context(marker))
 
-    summary = [
-        f"{f.label.lower()} {f.value}" for f in fields if f.label in ("Lead score", "First touch")
-    ]
-    fallback = ", ".join([headline, *summary])
+    # A payment's summary already says where the buyer came from.
+    wanted = ("Lead score",) if paid else ("Lead score", "First touch")
+    summary = [f"{f.label.lower()} {f.value}" for f in fields if f.label in wanted]
+    fallback = ", ".join([headline, paid, *summary] if paid else [headline, *summary])
     return {"text": _slack_fallback(escape_mrkdwn(fallback), marker), "blocks": blocks}
 
 
