@@ -354,7 +354,8 @@ class Settings(BaseSettings):
         parse_redis_url(value)
         return value
 
-    @field_validator("webhook_secret")
+    # Standard Webhooks (and Svix) secrets, several comma-separated during a rotation.
+    @field_validator("webhook_secret", "clerk_webhook_secret", "outbound_webhook_secret")
     @classmethod
     def _check_webhook_secret(cls, value: SecretStr | None) -> SecretStr | None:
         if value is None:
@@ -449,6 +450,7 @@ class Settings(BaseSettings):
             raise ValueError("CRISP_WEBSITE_ID: required with CRISP_IDENTIFIER and CRISP_KEY")
         _all_or_none(self, ("intercom_access_token", "intercom_admin_id"))
         _all_or_none(self, ("helpscout_app_id", "helpscout_app_secret"))
+        _all_or_none(self, ("outbound_webhook_url", "outbound_webhook_secret"))
         if self.source == "postmetric" and (
             self.postmetric_api_key is None or self.postmetric_base_url is None
         ):

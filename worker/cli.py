@@ -337,6 +337,11 @@ def check() -> None:
         typer.echo("note  no sink is configured")
     for name, sink in rt.sinks.items():
         report(f"sink {name}", sink.check)
+    from worker.integrations import build_webhooks
+
+    for name, adapter in build_webhooks(settings, require_uuid=True).items():
+        if adapter.configured(settings):
+            report(f"webhook {name}", adapter.check)
     raise typer.Exit(1 if failures else 0)
 
 

@@ -310,14 +310,24 @@ class ServiceClient:
         params: dict[str, str] | None = None,
         json_body: Any = None,
         max_wait: float | None = None,
+        content: bytes | None = None,
+        headers: dict[str, str] | None = None,
     ) -> UpstreamResponse:
         """Send one request and return its 2xx response, or raise an ``UpstreamError``.
 
+        ``content`` is a body sent byte for byte (one that is signed), ``headers`` are added
+        to the client's own for this request only.
         ``Throttled`` (our limiter, a provider pause or an open circuit) means nothing was sent.
         """
         try:
             response, failures_counted = self._request(
-                method, path, params=params, json_body=json_body, max_wait=max_wait
+                method,
+                path,
+                params=params,
+                json_body=json_body,
+                max_wait=max_wait,
+                content=content,
+                headers=headers,
             )
         except UpstreamError as exc:
             health.record_error(self._limiter.redis, self._limiter.prefix, self.service, str(exc))
@@ -335,6 +345,8 @@ class ServiceClient:
         params: dict[str, str] | None,
         json_body: Any,
         max_wait: float | None,
+        content: bytes | None = None,
+        headers: dict[str, str] | None = None,
     ) -> tuple[UpstreamResponse, bool]:
         """The response, and whether the circuit breaker was counting failures when the
         request left (one Redis round trip checks the circuit and takes the rate slot)."""
@@ -343,7 +355,12 @@ class ServiceClient:
         # limiter's slot is taken: the limiter stamps the slot when it grants it, so a request
         # that left much later would land in the provider's next window.
         request = self.client.build_request(
-            method, self.url(path), params=params, json=json_body, headers=self._headers
+            method,
+            self.url(path),
+            params=params,
+            json=json_body,
+            content=content,
+            headers={**self._headers, **headers} if headers else self._headers,
         )
         grant = self._limiter.reserve(
             self.service, self._rate, max_wait=wait_limit, circuit=self._breaker

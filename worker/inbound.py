@@ -152,6 +152,11 @@ class WebhookAdapter(ABC):
     def not_configured_message(self) -> str:
         return f"{self.label} webhooks are refused: its secret is not set on the server"
 
+    def check(self) -> str:
+        """For ``visitor-enrich check`` when configured: what the sender must be set up with;
+        raises when something the events need is missing (a lookup's credentials)."""
+        return f"secret set; {self.label} must post to /v1/webhooks/{self.system}"
+
 
 def require_fresh_timestamp(
     value: str | None, tolerance: float, *, now: float | None = None

@@ -113,7 +113,11 @@ def complete_event(rt: Runtime, event: Event) -> tuple[Event, str | None]:
         )
     completion = sink.complete_event(event)
     if completion.missing:
-        return event, completion.missing
+        # What was found (the email of a contact without the visitor id) still names the
+        # person in the "no journey" note.
+        if completion.event != event and rt.store.load_event(event.id) is not None:
+            rt.store.replace_event(completion.event)
+        return completion.event, completion.missing
     completed = completion.event.model_copy(update={"lookup": None})
     visitor_id = completed.visitor_id
     if visitor_id and rt.source_class.requires_uuid and not is_uuid(visitor_id):
@@ -221,6 +225,9 @@ def enrich_event(self: Task, event_id: str) -> None:
             _give_up_on_source(rt, event_id, "failed", unexpected(exc))
             return
         context = fetched.context
+        if event.lookup:
+            # The lookup stored the event it completed (email, name): the sinks get that one.
+            event = store.load_event(event_id) or event
         # The journey is fetched once: a task run again after this finds it and skips ahead.
         with store.batch() as batch:
             batch.save_context(event_id, context)

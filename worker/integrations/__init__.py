@@ -13,6 +13,7 @@ from worker.inbound import WebhookAdapter
 from worker.integration import Integration
 from worker.integrations import (
     attio,
+    clerk,
     console,
     crisp,
     datafast,
@@ -27,8 +28,10 @@ from worker.integrations import (
     rocketchat,
     salesforce,
     slack,
+    stripe,
     teams,
     telegram,
+    webhook,
     zendesk,
 )
 from worker.ratelimit import SharedRateLimiter
@@ -53,6 +56,9 @@ INTEGRATIONS: list[Integration] = [
     plain.INTEGRATION,
     intercom.INTEGRATION,
     helpscout.INTEGRATION,
+    stripe.INTEGRATION,
+    clerk.INTEGRATION,
+    webhook.INTEGRATION,
     console.INTEGRATION,
 ]
 

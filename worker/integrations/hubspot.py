@@ -3,25 +3,60 @@ add one note associated with it. The note is HTML within HubSpot's 65,536 charac
 contact properties (``HUBSPOT_PROPERTIES``) live in their own property group.
 
 ``visitor-enrich hubspot-setup`` creates the custom properties once (``ensure_properties``).
+
+**The webhook** (``POST /v1/webhooks/hubspot``): a public or private app's ``contact.creation``
+subscription (``object.creation`` of object type ``0-1`` on the new developer platform) posts
+a JSON array of up to 100 events ``{eventId, subscriptionId, portalId, appId, occurredAt,
+subscriptionType, attemptNumber, objectId, changeSource, changeFlag}``, signed with
+``X-HubSpot-Signature-v3`` = base64(HMAC-SHA256(app client secret, method + URI + body +
+``X-HubSpot-Request-Timestamp``)), refused when the timestamp (milliseconds) is more than five
+minutes old. The URI is the full URL HubSpot called (``https://host/path?query``), which a
+proxy in front of this service hides: every URL the request could have been sent to
+(``X-Forwarded-Proto``/``X-Forwarded-Host``, ``Host``, https and http, raw and URL-decoded,
+as HubSpot's docs say it decodes some characters) is tried, each in constant time.
+
+Each contact becomes one ``signup`` event ``hubspot:<eventId>`` (HubSpot's retries carry the
+same eventId: duplicates) with ``external={"contact_id": objectId}`` and ``lookup="hubspot"``:
+the events carry no email, so the worker reads the contact's ``email``, name and the
+``HUBSPOT_VISITOR_PROPERTY`` property (``HubSpotSink.complete_event``) before fetching the
+journey, and the note goes on THAT contact (no search by email, no second contact).
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+import time
+import urllib.parse
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from config import Settings
-from worker.errors import BadResponse, Rejected
-from worker.events import Event
+from worker.errors import AuthFailed, BadResponse, Rejected
+from worker.events import MAX_ID_LENGTH, Event
 from worker.formats import escape_html
 from worker.http import ServiceClient, bearer_headers
+from worker.inbound import (
+    Ignored,
+    WebhookAdapter,
+    WebhookRequest,
+    constant_time_equal,
+    date_field,
+    email_field,
+    reject,
+    require_signature,
+    secret_values,
+    text_field,
+)
 from worker.integration import Integration
 from worker.journey import JourneyContext
 from worker.note import fit, title
 from worker.ratelimit import SharedRateLimiter
-from worker.sink import DeliveryResult, Note, Sink
+from worker.sink import Completion, DeliveryResult, Note, Sink
 from worker.templates import render_html
-from worker.text import cut, iso_utc, number
+from worker.text import cut, iso_utc, joined, number
 
 NOTE_MAX_CHARS = 65_536  # hs_note_body limit
 
@@ -163,7 +198,7 @@ class HubSpotSink(Sink):
         )
 
     def skip_reason(self, event: Event, context: JourneyContext) -> str | None:
-        if not event.email:
+        if not event.email and own_contact(event) is None:
             return "no email on the event to find the contact by"
         return super().skip_reason(event, context)
 
@@ -210,7 +245,17 @@ class HubSpotSink(Sink):
     # Delivery ----------------------------------------------------------------------------
 
     def deliver(self, event: Event, context: JourneyContext, note: Note) -> DeliveryResult:
-        contact_id = self.upsert_contact(event, hubspot_contact_properties(event, context))
+        properties = hubspot_contact_properties(event, context)
+        contact_id = own_contact(event)
+        if contact_id is None:
+            contact_id = self.upsert_contact(event, properties)
+        else:
+            # The contact whose creation sent the event: annotate it, never one found by email.
+            self.http.request(
+                "PATCH",
+                f"crm/v3/objects/contacts/{contact_id}",
+                json_body={"properties": properties},
+            )
         body = {
             "properties": {
                 "hs_timestamp": (event.occurred_at or datetime.now(UTC)).isoformat(),
@@ -282,9 +327,173 @@ class HubSpotSink(Sink):
             return False
         return True
 
+    def complete_event(self, event: Event) -> Completion:
+        """The email, name and visitor id of the contact a ``contact.creation`` named."""
+        contact_id = own_contact(event)
+        prop = self.settings.hubspot_visitor_property
+        if contact_id is None:
+            return Completion(event, "the HubSpot event names no contact to look up")
+        wanted = ",".join(("email", "firstname", "lastname", prop))
+        try:
+            body = self.http.request(
+                "GET", f"crm/v3/objects/contacts/{contact_id}", params={"properties": wanted}
+            ).json()
+        except AuthFailed as exc:
+            raise exc.with_hint("check HUBSPOT_TOKEN (scope crm.objects.contacts.read)") from None
+        except Rejected as exc:
+            if exc.status_code != 404:
+                raise
+            return Completion(event, f"HubSpot has no contact {contact_id} (deleted or merged?)")
+        found = body.get("properties") if isinstance(body, dict) else None
+        if not isinstance(found, dict):
+            raise BadResponse("answered a contact without properties", service=self.name)
+        completed = event.model_copy(
+            update={
+                "email": email_field(found.get("email")) or event.email,
+                "name": joined(
+                    text_field(found.get("firstname")), text_field(found.get("lastname"))
+                )
+                or event.name,
+                "visitor_id": text_field(found.get(prop), MAX_ID_LENGTH),
+            }
+        )
+        if not completed.visitor_id:
+            return Completion(
+                completed,
+                f"no {prop} on HubSpot contact {contact_id}; have the sign-up form fill that "
+                "contact property from the datafast_visitor_id cookie (a hidden field)",
+            )
+        return Completion(completed, None, f"contact {contact_id}")
+
     def check(self) -> str:
         self.http.request("GET", "crm/v3/properties/contacts/email")
         return f"{self.label} answered at {self.http.base_url}"
+
+
+def own_contact(event: Event) -> str | None:
+    """The contact id of an event that HubSpot's own webhook sent; None for any other."""
+    return event.external.get("contact_id") if event.inbound == "hubspot" else None
+
+
+# The webhook ------------------------------------------------------------------------------
+
+EVENT_ID_PREFIX = "hubspot:"
+SIGNATURE_TOLERANCE_MS = 5 * 60 * 1000
+CONTACT_OBJECT_TYPE = "0-1"
+
+
+def signature_v3(secret: str, method: str, uri: str, body: bytes, timestamp: str) -> str:
+    """HubSpot's v3 signature of one request as sent to ``uri``."""
+    source = method.encode() + uri.encode() + body + timestamp.encode()
+    return base64.b64encode(hmac.digest(secret.encode(), source, hashlib.sha256)).decode()
+
+
+def candidate_uris(request: WebhookRequest) -> list[str]:
+    """Every full URL HubSpot may have signed this request under (see the module docstring)."""
+    headers = request.headers
+    hosts = [
+        h.split(",")[0].strip()
+        for h in (headers.get("x-forwarded-host"), headers.get("host"))
+        if h and h.strip()
+    ]
+    forwarded = (headers.get("x-forwarded-proto") or "").split(",")[0].strip()
+    schemes = [s for s in (forwarded, "https", "http") if s]
+    paths = [request.url, urllib.parse.unquote(request.url)]
+    uris: list[str] = []
+    for scheme in schemes:
+        for host in hosts:
+            for path in paths:
+                uri = f"{scheme}://{host}{path}"
+                if uri not in uris:
+                    uris.append(uri)
+    return uris
+
+
+def verify_hubspot_v3(
+    request: WebhookRequest, secrets: Sequence[str], *, now_ms: float | None = None
+) -> None:
+    """Return when ``X-HubSpot-Signature-v3`` matches; ``SignatureError`` otherwise."""
+    given = request.headers.get("x-hubspot-signature-v3")
+    timestamp = request.headers.get("x-hubspot-request-timestamp", "").strip()
+    require_signature(bool(given), "no X-HubSpot-Signature-v3 header")
+    require_signature(timestamp.isdigit(), "no X-HubSpot-Request-Timestamp header")
+    assert given is not None
+    current = time.time() * 1000 if now_ms is None else now_ms
+    sent = int(timestamp)
+    require_signature(
+        current - SIGNATURE_TOLERANCE_MS <= sent <= current + SIGNATURE_TOLERANCE_MS,
+        "X-HubSpot-Request-Timestamp is more than 5 minutes off",
+    )
+    expected = [
+        signature_v3(secret, request.method, uri, request.body, timestamp)
+        for secret in secrets
+        for uri in candidate_uris(request)
+    ]
+    matches = [constant_time_equal(given, e) for e in expected]
+    require_signature(any(matches), "no matching signature for this URL and secret")
+
+
+def _is_contact_creation(item: dict[str, Any]) -> bool:
+    kind = item.get("subscriptionType")
+    return kind == "contact.creation" or (
+        kind == "object.creation" and str(item.get("objectTypeId")) == CONTACT_OBJECT_TYPE
+    )
+
+
+def parse_hubspot_webhook(payload: Any) -> list[Event]:
+    """One ``signup`` event per contact created in a HubSpot webhook batch."""
+    if isinstance(payload, dict):
+        payload = [payload]
+    if not isinstance(payload, list):
+        raise reject("body", "a HubSpot webhook is a JSON array of events")
+    events: list[Event] = []
+    for index, item in enumerate(payload):
+        if not isinstance(item, dict) or not _is_contact_creation(item):
+            continue
+        event_id = text_field(item.get("eventId"), MAX_ID_LENGTH - len(EVENT_ID_PREFIX))
+        contact_id = text_field(item.get("objectId"), MAX_ID_LENGTH)
+        if not event_id:
+            raise reject(f"[{index}].eventId", "missing")
+        if not contact_id:
+            raise reject(f"[{index}].objectId", "missing; HubSpot sends the contact id there")
+        portal = text_field(item.get("portalId"), MAX_ID_LENGTH)
+        events.append(
+            Event(
+                id=f"{EVENT_ID_PREFIX}{event_id}",
+                type="signup",
+                occurred_at=date_field(item.get("occurredAt")),
+                inbound="hubspot",
+                lookup="hubspot",
+                external={"contact_id": contact_id, **({"portal_id": portal} if portal else {})},
+            )
+        )
+    if not events:
+        raise Ignored("no contact.creation event in the batch")
+    return events
+
+
+class HubSpotWebhook(WebhookAdapter):
+    """``POST /v1/webhooks/hubspot``: a HubSpot app's ``contact.creation`` batch, signed v3."""
+
+    system = "hubspot"
+    label = "HubSpot"
+
+    @classmethod
+    def configured(cls, settings: Settings) -> bool:
+        return bool(secret_values(settings.hubspot_app_secret))
+
+    def verify(self, request: WebhookRequest) -> None:
+        verify_hubspot_v3(request, secret_values(self.settings.hubspot_app_secret))
+
+    def map_events(self, request: WebhookRequest, payload: Any) -> Sequence[Event]:
+        return parse_hubspot_webhook(payload)
+
+    def check(self) -> str:
+        if self.settings.hubspot_token is None:
+            raise ValueError(
+                "HUBSPOT_TOKEN is not set: the worker cannot read the created contacts"
+            )
+        return super().check()
 
 
 def _results(body: Any) -> list[dict[str, Any]]:
@@ -305,4 +514,4 @@ def _names(full_name: str | None) -> dict[str, str]:
     return {"firstname": first, **({"lastname": last.strip()} if last.strip() else {})}
 
 
-INTEGRATION = Integration(name="hubspot", label="HubSpot", sink=HubSpotSink)
+INTEGRATION = Integration(name="hubspot", label="HubSpot", sink=HubSpotSink, webhook=HubSpotWebhook)
