@@ -14,6 +14,10 @@ way the real APIs do:
 - Zendesk: comments per ticket (``PUT /api/v2/tickets/{id}.json`` adds one;
   ``comments.json`` lists them with ``html_body``, ``body``, ``public``); Basic auth.
 - Slack: the incoming webhook keeps every message; answers ``ok`` as text.
+- ``/webhook/receiver``: a receiver of the signed outbound webhook; keeps every request
+  (headers and raw body, to verify the signature as a receiver would) and answers 204.
+- HubSpot also reads one contact (``GET /crm/v3/objects/contacts/{id}?properties=``), as the
+  ``contact.creation`` lookup does.
 
 Every request is recorded (monotonic and wall time at arrival, method, path, headers, parsed
 JSON body, the status answered). A test scripts failures per route with ``fail`` (answer a
@@ -40,13 +44,15 @@ from typing import Any
 from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
-SERVICES = ("datafast", "hubspot", "zendesk", "slack")
+SERVICES = ("datafast", "hubspot", "zendesk", "slack", "webhook")
 
 DATAFAST_KEY = "df_test_0123456789abcdef"
 HUBSPOT_TOKEN = "pat-na1-test-token-0123456789"
 ZENDESK_EMAIL = "agent@example.com"
 ZENDESK_TOKEN = "zd-test-token-0123456789"
 SLACK_HOOK_PATH = "/slack/hook"
+# A receiver of the outbound webhook (OUTBOUND_WEBHOOK_URL): keeps what it is sent.
+WEBHOOK_RECEIVER_PATH = "/webhook/receiver"
 
 # Properties every HubSpot portal has on contacts.
 HUBSPOT_DEFAULT_PROPERTIES = frozenset(
@@ -84,6 +90,14 @@ class Recorded:
     @property
     def text(self) -> str:
         return self.body.decode("utf-8", "replace")
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One request the outbound webhook's receiver took: what a receiver verifies."""
+
+    headers: dict[str, str]  # lower-case names
+    body: bytes
 
 
 @dataclass
@@ -157,6 +171,7 @@ class FakeUpstream:
         self.property_groups: set[str] = set()
         self.tickets: dict[str, list[dict[str, Any]]] = {}  # ticket id -> comments
         self.slack: list[dict[str, Any]] = []
+        self.webhooks: list[Delivery] = []
         self._server: Any = None
         self._thread: threading.Thread | None = None
 
@@ -192,6 +207,8 @@ class FakeUpstream:
     def base_url(self, service: str) -> str:
         if service == "slack":
             return f"{self.url}{SLACK_HOOK_PATH}"
+        if service == "webhook":
+            return f"{self.url}{WEBHOOK_RECEIVER_PATH}"
         return f"{self.url}/{service}"
 
     def env(self) -> dict[str, str]:
@@ -394,6 +411,7 @@ class FakeUpstream:
             "hubspot": self._hubspot,
             "zendesk": self._zendesk,
             "slack": self._slack,
+            "webhook": self._webhook_receiver,
         }
 
     def _scripted(self, service: str, rule: Rule) -> Response:
@@ -609,6 +627,16 @@ class FakeUpstream:
             return self._hs(contact)
         if method == "POST" and route == "/crm/v3/objects/notes":
             return self._create_note(body)
+        read = re.fullmatch(r"/crm/v3/objects/contacts/(\d+)", route)
+        if method == "GET" and read:
+            contact = self.contacts.get(read.group(1))
+            if contact is None:
+                return self._hs_error(404, "resource not found", "OBJECT_NOT_FOUND")
+            # The requested properties, null when unset, plus the ones HubSpot always returns.
+            wanted = [p for p in request.args.get("properties", "").split(",") if p]
+            always = ("hs_object_id", "createdate", "lastmodifieddate")
+            shown = {p: contact["properties"].get(p) for p in [*wanted, *always]}
+            return self._hs({**contact, "properties": shown})
         if method == "GET" and route.startswith("/crm/v3/properties/contacts/"):
             name = route.rsplit("/", 1)[1]
             if name in self.contact_properties:
@@ -747,6 +775,20 @@ class FakeUpstream:
             return Response("no_text", status=400, content_type="text/html")
         self.slack.append(body)
         return Response("ok", status=200, content_type="text/html")
+
+
+    # The outbound webhook's receiver ------------------------------------------------------
+
+    def _webhook_receiver(self, request: Request, route: str, body: Any, _: bytes) -> Response:
+        if request.path != WEBHOOK_RECEIVER_PATH or request.method != "POST":
+            return Response("not found", status=404)
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        self.webhooks.append(Delivery(headers, request.get_data(cache=True)))
+        return Response(status=204)
+
+    def webhook_deliveries(self) -> list[Delivery]:
+        with self._lock:
+            return list(self.webhooks)
 
 
 @contextmanager
