@@ -136,10 +136,20 @@ class WebhookAdapter(ABC):
         # The configured source's rule for visitor ids (DataFast's are UUIDs): checked here.
         self.require_uuid = require_uuid
 
+    # The setting holding this sender's secret(s), comma-separated while one is rotated; the
+    # default ``configured`` and ``secrets`` read it.
+    secret_setting: ClassVar[str] = ""
+
     @classmethod
-    @abstractmethod
     def configured(cls, settings: Settings) -> bool:
         """Whether the secret that authenticates this sender is set (else every call is 401)."""
+        return bool(cls.secrets(settings))
+
+    @classmethod
+    def secrets(cls, settings: Settings) -> list[str]:
+        """The secrets in force for this sender (``secret_setting``)."""
+        value = getattr(settings, cls.secret_setting) if cls.secret_setting else None
+        return secret_values(value)
 
     @abstractmethod
     def verify(self, request: WebhookRequest) -> None:

@@ -36,7 +36,6 @@ from worker.inbound import (
     email_field,
     reject,
     require_signature,
-    secret_values,
     text_field,
 )
 from worker.integration import Integration
@@ -111,15 +110,12 @@ class ClerkWebhook(WebhookAdapter):
 
     system = "clerk"
     label = "Clerk"
+    secret_setting = "clerk_webhook_secret"
 
     def __init__(self, settings: Settings, *, require_uuid: bool = True) -> None:
         super().__init__(settings, require_uuid=require_uuid)
         # Each secret decoded once (Settings refused one that is not whsec_<base64>).
-        self._checks = [SignatureCheck(s) for s in secret_values(settings.clerk_webhook_secret)]
-
-    @classmethod
-    def configured(cls, settings: Settings) -> bool:
-        return bool(secret_values(settings.clerk_webhook_secret))
+        self._checks = [SignatureCheck(s) for s in self.secrets(settings)]
 
     def verify(self, request: WebhookRequest) -> None:
         headers = {

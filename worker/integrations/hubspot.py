@@ -47,7 +47,6 @@ from worker.inbound import (
     email_field,
     reject,
     require_signature,
-    secret_values,
     text_field,
 )
 from worker.integration import Integration
@@ -477,13 +476,10 @@ class HubSpotWebhook(WebhookAdapter):
 
     system = "hubspot"
     label = "HubSpot"
-
-    @classmethod
-    def configured(cls, settings: Settings) -> bool:
-        return bool(secret_values(settings.hubspot_app_secret))
+    secret_setting = "hubspot_app_secret"
 
     def verify(self, request: WebhookRequest) -> None:
-        verify_hubspot_v3(request, secret_values(self.settings.hubspot_app_secret))
+        verify_hubspot_v3(request, self.secrets(self.settings))
 
     def map_events(self, request: WebhookRequest, payload: Any) -> Sequence[Event]:
         return parse_hubspot_webhook(payload)

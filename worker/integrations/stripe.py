@@ -46,7 +46,6 @@ from worker.inbound import (
     email_field,
     reject,
     require_signature,
-    secret_values,
     text_field,
 )
 from worker.integration import Integration
@@ -254,16 +253,13 @@ class StripeWebhook(WebhookAdapter):
 
     system = "stripe"
     label = "Stripe"
-
-    @classmethod
-    def configured(cls, settings: Settings) -> bool:
-        return bool(secret_values(settings.stripe_webhook_secret))
+    secret_setting = "stripe_webhook_secret"
 
     def verify(self, request: WebhookRequest) -> None:
         verify_stripe_signature(
             request.body,
             request.headers.get("stripe-signature"),
-            secret_values(self.settings.stripe_webhook_secret),
+            self.secrets(self.settings),
         )
 
     def map_events(self, request: WebhookRequest, payload: Any) -> Sequence[Event]:
