@@ -151,3 +151,29 @@ def test_check_reports_routes_and_refuses_a_bad_file(env: dict[str, str], tmp_pa
     bad = run({**env, "ROUTES_FILE": str(routes)}, "check")
     assert bad.returncode == 2
     assert f"{routes}: line 3: rules.0.when.score: unknown key" in bad.stderr
+
+
+def test_check_lists_the_sales_webhooks_and_the_outbound_one(
+    env: dict[str, str], fake: FakeUpstream
+) -> None:
+    from sales_support import CLERK_SECRET, OUTBOUND_SECRET, STRIPE_SECRET
+
+    sales = {
+        "STRIPE_WEBHOOK_SECRET": STRIPE_SECRET,
+        "CLERK_WEBHOOK_SECRET": CLERK_SECRET,
+        "HUBSPOT_APP_SECRET": "hubspot-client-secret",
+        "OUTBOUND_WEBHOOK_URL": fake.base_url("webhook"),
+        "OUTBOUND_WEBHOOK_SECRET": OUTBOUND_SECRET,
+    }
+    result = run({**env, **sales}, "check")
+    assert result.returncode == 0, result.stdout + result.stderr
+    for name in ("webhook stripe", "webhook clerk", "webhook hubspot", "sink webhook"):
+        assert f"ok    {name}" in result.stdout
+    assert "/v1/webhooks/stripe" in result.stdout
+    assert fake.webhook_deliveries() == []  # check does not POST to the receiver
+    for name, secret in sales.items():
+        assert name.endswith("_URL") or secret not in result.stdout
+    # The HubSpot webhook's events need the token for their lookup.
+    without = run({**env, **sales, "HUBSPOT_TOKEN": ""}, "check")
+    assert without.returncode == 1
+    assert "FAIL  webhook hubspot: HUBSPOT_TOKEN is not set" in without.stdout
