@@ -200,9 +200,13 @@ def test_hubspot_batch_of_three_gives_three_notes_on_those_contacts(sales: Sales
     assert ids == [f"hubspot:{item['eventId']}" for item in batch]
     for event_id in ids:
         svc.wait_for_state(event_id, {"delivered"}, timeout=30)
-    for contact_id in contacts:
+    for contact_id, event_id in zip(contacts, ids, strict=True):
         (note,) = notes_on(fake, contact_id)
+        email = fake.contacts[contact_id]["properties"]["email"]
         assert FIRST_TOUCH in note["properties"]["hs_note_body"]
+        assert email in note["properties"]["hs_note_body"]  # read from the contact
+        (alert,) = fake.slack_messages(contains=event_id)  # a hot lead (score 90)
+        assert email in alert["text"]
     assert len(fake.contacts) == before  # the notes went on them, no contact was created
 
     # HubSpot retries the batch: every entry a duplicate, no second note.
