@@ -6,8 +6,9 @@ contact properties (``HUBSPOT_PROPERTIES``) live in their own property group.
 
 **The webhook** (``POST /v1/webhooks/hubspot``): a public or private app's ``contact.creation``
 subscription (``object.creation`` of object type ``0-1`` on the new developer platform) posts
-a JSON array of up to 100 events ``{eventId, subscriptionId, portalId, appId, occurredAt,
-subscriptionType, attemptNumber, objectId, changeSource, changeFlag}``, signed with
+a JSON array of events (how many at most is not documented) ``{eventId, subscriptionId,
+portalId, appId, occurredAt, subscriptionType, attemptNumber, objectId, changeSource,
+changeFlag}``, signed with
 ``X-HubSpot-Signature-v3`` = base64(HMAC-SHA256(app client secret, method + URI + body +
 ``X-HubSpot-Request-Timestamp``)), refused when the timestamp (milliseconds) is more than five
 minutes old. The URI is the full URL HubSpot called (``https://host/path?query``), which a
