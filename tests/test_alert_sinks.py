@@ -82,8 +82,8 @@ def test_a_payment_alert_says_what_was_bought_for_how_much() -> None:
     alert = lead_alert(payment, JOURNEY)
     assert alert.headline == "New payment: Ada"
     facts = {f.label: f.value for f in alert.facts}
-    assert facts["Paid"] == "49 USD" and facts["Bought"] == "Pro plan"
-    assert "first touch producthunt / launch" in alert.summary and "paid 49 USD" in alert.summary
+    assert facts["Paid"] == "49.00 USD" and facts["Bought"] == "Pro plan"
+    assert "first touch producthunt / launch" in alert.summary and "paid 49.00 USD" in alert.summary
 
 
 def test_discord_embed_escapes_and_stays_within_limits() -> None:

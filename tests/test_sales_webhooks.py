@@ -472,7 +472,7 @@ def test_payment_note_names_what_was_bought_and_the_first_touch() -> None:
         assert "49.00 EUR" in note and "Pro plan" in note, render.__name__
         assert "Came from" in note and "hn / social / black-friday" in note, render.__name__
     alert = render_slack_alert(event, context)
-    assert alert["blocks"][0]["text"]["text"].startswith("Payment: Grace Hopper")
+    assert alert["blocks"][0]["text"]["text"].startswith("New payment: Grace Hopper")
     assert (
         "Bought Pro plan for 49.00 EUR, first came from hn / social / black-friday" in alert["text"]
     )

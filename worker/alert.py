@@ -22,6 +22,7 @@ from worker.note import (
     journey_sections,
     make_facts,
     not_found_text,
+    payment_section,
     provider_name,
     who,
 )
@@ -65,16 +66,6 @@ class Alert:
         return ", ".join([self.headline, *parts])
 
 
-def _payment_facts(event: Event) -> list[tuple[str, str | None, Any]]:
-    payment = event.payment
-    if payment is None:
-        return []
-    amount = None
-    if payment.amount is not None:
-        amount = f"{number(payment.amount)} {(payment.currency or '').upper()}".strip()
-    return [("Paid", amount, "both"), ("Bought", payment.description, "both")]
-
-
 def lead_alert(event: Event, ctx: JourneyContext) -> Alert:
     """The alert for a hot signup or a payment."""
     subject = event.name or event.email or (f"visitor {ctx.visitor_id}" if ctx.visitor_id else "")
@@ -82,7 +73,8 @@ def lead_alert(event: Event, ctx: JourneyContext) -> Alert:
     headline = f"{kind}: {one_line(subject)}" if subject else kind
     visitor = f"{provider_name(ctx.provider)} visitor {ctx.visitor_id}" if ctx.visitor_id else None
     limits = Limits(pages=KEY_PAGES, items=5, chars=200)
-    payment = make_facts(_payment_facts(event), limits)
+    section = payment_section(event, ctx, limits)
+    payment = section.brief_facts() if section is not None else ()
     if not ctx.found:
         return Alert(
             headline=headline,

@@ -307,8 +307,9 @@ def payment_section(event: Event, ctx: JourneyContext, limits: Limits = FULL) ->
     facts = make_facts(
         [
             ("Bought", payment.description if payment else None, "both"),
-            ("Amount", _amount(event), "both"),
-            ("Came from", ctx.first_touch.label if ctx.found else None, "both"),
+            ("Paid", _amount(event), "both"),
+            # Brief renderings (alerts) show the journey's "First touch" fact already.
+            ("Came from", ctx.first_touch.label if ctx.found else None, "full"),
         ],
         limits,
     )

@@ -156,13 +156,12 @@ def render_slack_alert(event: Event, ctx: JourneyContext) -> dict[str, Any]:
         for s in (payment, prediction, journey)
         if s is not None
         for f in s.brief_facts()
-        # The payment's "Came from" is the journey's first touch, shown once.
-        if f.label not in ("Visitor ID", "Came from")
+        if f.label != "Visitor ID"
     ][:SLACK_MAX_FIELDS]
 
     visitor = f"{provider_name(ctx.provider)} visitor `{escape_mrkdwn(ctx.visitor_id)}`"
     # plain_text is shown literally (no mrkdwn, so no escaping); mrkdwn texts are escaped.
-    kind = "Payment" if event.type == "payment" else "Hot lead"
+    kind = "New payment" if event.type == "payment" else "Hot lead"  # as worker/alert.py
     header = f"{kind}: {one_line(event.name or event.email or f'visitor {ctx.visitor_id}')}"
     headline = f"{kind}: {who(event) or f'visitor {ctx.visitor_id}'}"
     blocks: list[dict[str, Any]] = [
