@@ -3,8 +3,9 @@ the variables pointing at the fakes as the README says: each vendor's own signed
 notes and alerts out.
 
 One service start for the group (``sales``): a Stripe ``checkout.session.completed`` signed by
-Stripe's scheme gives one HubSpot note and one Slack alert naming the amount and the first
-touch, and one signed outbound webhook (verified with ``standardwebhooks``); a HubSpot
+Stripe's scheme gives one note in each CRM (HubSpot, Attio, Pipedrive, Salesforce) and one
+alert in each channel (Slack, Discord, Teams, Telegram) naming the amount and the first touch,
+and one signed outbound webhook (verified with ``standardwebhooks``); a HubSpot
 ``contact.creation`` batch of three gives three notes on those very contacts; a Clerk
 ``user.created`` a note on the contact by email; every replayed webhook is a duplicate and
 nothing is posted twice; a bad signature is 401 and queues nothing.
@@ -16,6 +17,7 @@ again. Like tests/test_faults.py it uses database REDIS_DB with a 10 s visibilit
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Iterator
@@ -26,6 +28,8 @@ from typing import Any
 import httpx
 import pytest
 import redis
+from channel_fakes import ChannelFake
+from crm_fakes import CrmFake
 from fakes import FakeUpstream, full_profile
 from faults_support import FaultService, FaultyUpstream
 from harness import (
@@ -118,18 +122,21 @@ def deliveries_for(fake: FakeUpstream, event_id: str) -> list[Any]:
 class Sales:
     svc: Service
     fake: FakeUpstream
+    crm: CrmFake
+    channels: ChannelFake
     visitor: str
 
 
 @pytest.fixture(scope="module")
 def sales(redis_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sales]:
     client = redis.Redis.from_url(REDIS_URL)
-    with FakeUpstream() as fake:
+    with FakeUpstream() as fake, CrmFake() as crm, ChannelFake() as channels:
         visitor = prepare(fake)
-        env = sales_env(fake)
+        # Every CRM and alert channel too: a payment reaches each of them.
+        env = sales_env(fake, **crm.env(), **channels.env())
         try:
             with Service(env, tmp_path_factory.mktemp("sales"), workers=2) as svc:
-                yield Sales(svc, fake, visitor)
+                yield Sales(svc, fake, crm, channels, visitor)
         finally:
             cleanup_redis(client, env["REDIS_KEY_PREFIX"], env["CELERY_QUEUE"])
             client.close()
@@ -143,12 +150,13 @@ def test_stripe_checkout_gives_one_note_one_alert_and_one_signed_webhook(sales: 
     first = post_stripe(svc.http, payload)
     assert first.status_code == 202, first.text
     status = svc.wait_for_state(event_id, {"delivered"}, timeout=30)
-    assert {s: r["state"] for s, r in status["sinks"].items()} == {
-        "hubspot": "delivered",
-        "slack": "delivered",
-        "webhook": "delivered",
-        "zendesk": "skipped",  # no ticket
-    }
+    states = {s: r["state"] for s, r in status["sinks"].items()}
+    assert states.pop("zendesk") == "skipped"  # no ticket
+    assert states == dict.fromkeys(
+        ("hubspot", "attio", "pipedrive", "salesforce", "slack", "discord", "teams",
+         "telegram", "webhook"),
+        "delivered",
+    )  # fmt: skip
     contact = fake.hubspot_contact("grace@example.com")
     assert contact is not None
     (note,) = notes_on(fake, contact["id"])
@@ -157,6 +165,15 @@ def test_stripe_checkout_gives_one_note_one_alert_and_one_signed_webhook(sales: 
     assert "Pro plan" in body and FIRST_TOUCH in body
     (alert,) = fake.slack_messages(contains=event_id)
     assert f"Bought Pro plan for 49.00 EUR, first came from {FIRST_TOUCH}" in alert["text"]
+    # The other CRMs' notes and the other channels' alerts say the same.
+    marker = f"visitor-enrich:{event_id}"
+    for system in ("attio", "pipedrive", "sf"):
+        (crm_note,) = sales.crm.notes_with(system, marker)
+        assert "49.00 EUR" in str(crm_note) and FIRST_TOUCH in str(crm_note), system
+    for channel in ("discord", "teams", "telegram"):
+        (message,) = sales.channels.messages(channel, contains=marker)
+        text = json.dumps(message)
+        assert "49.00 EUR" in text and "Pro plan" in text and FIRST_TOUCH in text, channel
     (delivery,) = deliveries_for(fake, event_id)
     verified = Webhook(OUTBOUND_SECRET).verify(delivery.body.decode(), delivery.headers)
     assert verified["event"]["payment"]["amount"] == 49.0
@@ -169,6 +186,10 @@ def test_stripe_checkout_gives_one_note_one_alert_and_one_signed_webhook(sales: 
     assert len(notes_on(fake, contact["id"])) == 1
     assert len(fake.slack_messages(contains=event_id)) == 1
     assert len(deliveries_for(fake, event_id)) == 1
+    assert [len(sales.crm.notes_with(s, marker)) for s in ("attio", "pipedrive", "sf")] == [1] * 3
+    assert [
+        len(sales.channels.messages(c, contains=marker)) for c in ("discord", "teams", "telegram")
+    ] == [1] * 3
 
 
 def test_stripe_checkout_without_the_visitor_id_still_notes_the_payment(sales: Sales) -> None:
