@@ -143,6 +143,18 @@ def test_checkout_session_completed_is_a_payment_event() -> None:
     assert event.external["stripe_customer_id"].startswith("cus_")
 
 
+def test_a_delayed_payment_counts_when_it_succeeds() -> None:
+    completed = stripe_checkout_completed(VISITOR)
+    completed["data"]["object"]["payment_status"] = "unpaid"
+    with pytest.raises(Ignored, match="async_payment_succeeded"):
+        parse_stripe_event(completed, make_settings())
+    succeeded = {**completed, "id": "evt_later", "type": "checkout.session.async_payment_succeeded"}
+    succeeded["data"] = {"object": {**completed["data"]["object"], "payment_status": "paid"}}
+    event = parse_stripe_event(succeeded, make_settings())
+    assert event.id == "stripe:evt_later" and event.visitor_id == VISITOR
+    assert event.payment is not None and event.payment.amount == 49.0
+
+
 def test_checkout_without_the_visitor_id_says_how_to_set_it() -> None:
     payload = stripe_checkout_completed(None, description=None, mode="subscription")
     event = parse_stripe_event(payload, make_settings())

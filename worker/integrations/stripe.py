@@ -6,7 +6,9 @@ metadata back on its events, so ``POST /v1/webhooks/stripe`` can map:
 
 - ``checkout.session.completed``: the Checkout Session in ``data.object``: visitor id from
   ``metadata.<STRIPE_VISITOR_METADATA_KEY>``, email and name from ``customer_details``
-  (else ``customer_email``), the amount from ``amount_total`` and ``currency``;
+  (else ``customer_email``), the amount from ``amount_total`` and ``currency``; when it is
+  still ``unpaid`` (a delayed payment method) it is ignored and
+  ``checkout.session.async_payment_succeeded`` (the same session, paid) stands for it;
 - ``payment_intent.succeeded``: only when the intent itself carries the visitor id in its
   metadata (a Checkout payment's intent usually does not, and the session's event already
   stands for it: one note per purchase); ``amount_received``, ``receipt_email``;
@@ -52,7 +54,10 @@ from worker.integration import Integration
 
 EVENT_ID_PREFIX = "stripe:"
 TOLERANCE_SECONDS = 300  # Stripe's libraries' default
-HANDLED = ("checkout.session.completed", "payment_intent.succeeded")
+# A Checkout Session paid now, or later by a delayed method (bank debits): the session event
+# whose payment_status is "paid" (or "no_payment_required": a free trial) is the purchase.
+SESSION_EVENTS = ("checkout.session.completed", "checkout.session.async_payment_succeeded")
+HANDLED = (*SESSION_EVENTS, "payment_intent.succeeded")
 
 # Stripe amounts are in the currency's smallest unit; these have none smaller than the unit
 # (docs.stripe.com/currencies#zero-decimal), and these three decimals.
@@ -162,7 +167,7 @@ def _description(kind: str, obj: dict[str, Any]) -> str:
     )
     if described:
         return described
-    if kind == "checkout.session.completed":
+    if kind in SESSION_EVENTS:
         if obj.get("mode") == "subscription":
             return "a subscription (Stripe Checkout)"
         return "a one-time purchase (Stripe Checkout)"
@@ -184,8 +189,13 @@ def parse_stripe_event(payload: Any, settings: Settings, *, require_uuid: bool =
     obj = data.get("object") if isinstance(data, dict) else None
     if not isinstance(obj, dict):
         raise reject("data.object", "missing; Stripe sends the session or intent there")
-    if kind == "checkout.session.completed" and obj.get("mode") == "setup":
+    if kind in SESSION_EVENTS and obj.get("mode") == "setup":
         raise Ignored("a Checkout Session in setup mode takes no payment")
+    if kind in SESSION_EVENTS and obj.get("payment_status") == "unpaid":
+        raise Ignored(
+            "the Checkout Session is not paid yet (a delayed payment method); "
+            "checkout.session.async_payment_succeeded follows when it is"
+        )
 
     key = settings.stripe_visitor_metadata_key
     metadata = obj.get("metadata")
@@ -209,7 +219,7 @@ def parse_stripe_event(payload: Any, settings: Settings, *, require_uuid: bool =
         visitor_id = None
 
     currency = text_field(obj.get("currency"), 10)
-    if kind == "checkout.session.completed":
+    if kind in SESSION_EVENTS:
         details = obj.get("customer_details")
         details = details if isinstance(details, dict) else {}
         email = email_field(details.get("email")) or email_field(obj.get("customer_email"))
