@@ -274,6 +274,15 @@ def test_bad_signatures_are_401_and_queue_nothing(sales: Sales) -> None:
     assert svc.status(f"stripe:{payload['id']}") is None
 
 
+def test_no_sales_secret_in_the_logs(sales: Sales) -> None:
+    # After the tests above: every webhook verified, refused and delivered is in these logs.
+    logs = sales.svc.logs()
+    assert "webhook" in logs  # the logs are there
+    for secret in (STRIPE_SECRET, CLERK_SECRET, HUBSPOT_APP_SECRET, OUTBOUND_SECRET):
+        assert secret not in logs
+        assert secret.removeprefix("whsec_") not in logs
+
+
 # kill -9 between the CRM note call and its record ---------------------------------------
 
 
