@@ -284,7 +284,14 @@ def test_hubspot_v3_signature_over_the_url_the_sender_called() -> None:
             **direct,
         },
         "no signature": direct,
+        "stale, in seconds": {
+            **hubspot_headers(public, body, at_ms=int(time.time()) - 301),
+            **direct,
+        },
     }
+    # A timestamp in seconds (HubSpot's unit is not documented) within five minutes passes.
+    in_seconds = hubspot_headers(public, body, at_ms=int(time.time()))
+    verify_hubspot_v3(request(body, {**in_seconds, **direct}, path), [HUBSPOT_APP_SECRET])
     refused = []
     for name, headers in failures.items():
         try:

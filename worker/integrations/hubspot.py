@@ -420,6 +420,10 @@ def verify_hubspot_v3(
     assert given is not None
     current = time.time() * 1000 if now_ms is None else now_ms
     sent = int(timestamp)
+    # HubSpot's examples send milliseconds; its prose does not say. A number too small to be
+    # milliseconds since 2001 is taken as seconds (the signature covers the text as sent).
+    if sent < 1_000_000_000_000:
+        sent *= 1000
     require_signature(
         current - SIGNATURE_TOLERANCE_MS <= sent <= current + SIGNATURE_TOLERANCE_MS,
         "X-HubSpot-Request-Timestamp is more than 5 minutes off",
