@@ -328,4 +328,5 @@ def test_kill9_between_the_hubspot_note_and_its_record_leaves_one_note(
     assert len(notes_on(fake, contact["id"])) == 1
     assert "found in the sink after a restart" in final["sinks"]["hubspot"]["reason"]
     assert len(fake.requests_to("hubspot", route="/crm/v3/objects/notes/search")) >= 1
-    assert len(fake.slack_messages(contains=event_id)) == 1
+    # Slack cannot be asked (its post runs beside HubSpot's): at most one repeat, as documented.
+    assert 1 <= len(fake.slack_messages(contains=event_id)) <= 2
