@@ -30,7 +30,7 @@ import redis
 from celery import Celery
 from fakes import FakeUpstream
 from harness import REDIS_URL, Service, free_port, wait_for
-from issue4_support import SeedFake, realtime_visitor
+from seed_fakes import SeedFake, realtime_visitor
 
 from config import ConfigError, load_settings
 from worker.app import create_celery

@@ -11,7 +11,7 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 from harness import TEST_API_TOKEN, TEST_SECRET, bearer, queue_length
-from issue4_support import (
+from seed_fakes import (
     DATAFAST_KEY,
     RC_TOKEN,
     RC_USER_ID,

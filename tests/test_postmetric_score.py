@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 import redis
-from issue4_support import POSTMETRIC_KEY, SeedFake, postmetric_seed_001
+from seed_fakes import POSTMETRIC_KEY, SeedFake, postmetric_seed_001
 
 from config import load_settings
 from worker.errors import AuthFailed, Rejected, VisitorNotFound

@@ -1,5 +1,5 @@
 """Privacy and access end to end, with the real web and worker processes (and beat, for
-retention) on the real Redis, against local fakes of DataFast, Rocket.Chat (tests/issue4_support)
+retention) on the real Redis, against local fakes of DataFast, Rocket.Chat (tests/seed_fakes)
 and HubSpot and Zendesk (tests/fakes.py):
 
 1. the status API without, with a wrong and with the right token;
@@ -34,7 +34,7 @@ from harness import (
     new_queue,
     wait_for,
 )
-from issue4_support import SeedFake, rc_visitor_seed_004
+from seed_fakes import SeedFake, rc_visitor_seed_004
 
 from worker.integrations.hubspot import HUBSPOT_PROPERTIES
 

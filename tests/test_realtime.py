@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import redis
 from fakes import FakeUpstream
-from issue4_support import DATAFAST_KEY, SEED_VISITOR, SeedFake, realtime_seed_002, realtime_visitor
+from seed_fakes import DATAFAST_KEY, SEED_VISITOR, SeedFake, realtime_seed_002, realtime_visitor
 
 from config import Settings, load_settings
 from worker.app import create_celery

@@ -1,7 +1,7 @@
-"""End to end for issue 4, with real processes on the real Redis: uvicorn web, a Celery worker,
-two Celery beat processes (started "by mistake"), against local fakes speaking the seed formats
-(DataFast visitors and realtime map, PostMetric, Rocket.Chat: ``tests/issue4_support.py``;
-Slack and Zendesk: ``tests/fakes.py``).
+"""End to end for livechat, realtime alerts and PostMetric, with real processes on the real
+Redis: uvicorn web, a Celery worker, two Celery beat processes (started "by mistake"),
+against local fakes speaking the seed formats (DataFast visitors and realtime map,
+PostMetric, Rocket.Chat: ``tests/seed_fakes.py``; Slack and Zendesk: ``tests/fakes.py``).
 
 1. a livechat event naming only the chat visitor: visitor.info -> DataFast -> one room message;
 2. Rocket.Chat's own webhook for a visitor without the custom field: one short "no journey"
@@ -24,7 +24,7 @@ import pytest
 import redis
 from fakes import FakeUpstream
 from harness import REDIS_URL, TEST_SECRET, Service, cleanup_redis, new_prefix, new_queue, wait_for
-from issue4_support import (
+from seed_fakes import (
     RC_TOKEN,
     RC_USER_ID,
     RC_WEBHOOK_TOKEN,
@@ -90,7 +90,7 @@ def livechat_svc(
         "REALTIME_POLL_SECONDS": str(POLL_SECONDS),
         "HOT_VISITOR_COOLDOWN": "3600",
     }
-    log_dir = tmp_path_factory.mktemp("issue4-livechat")
+    log_dir = tmp_path_factory.mktemp("livechat-e2e")
     with Service(env, log_dir, redis_client=module_redis) as svc:
         names = [f"beat{i}" for i in range(2)]
         for name in names:
@@ -115,7 +115,7 @@ def postmetric_svc(
         **{k: v for k, v in shared.env().items() if k.startswith("ZENDESK")},
     }
     with Service(
-        env, tmp_path_factory.mktemp("issue4-postmetric"), redis_client=module_redis
+        env, tmp_path_factory.mktemp("postmetric-e2e"), redis_client=module_redis
     ) as svc:
         yield svc
     cleanup_redis(module_redis, prefix, queue)

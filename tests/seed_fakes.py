@@ -1,4 +1,4 @@
-"""Test helpers for issue 4: a fake server for the seed systems the shared fake does not play.
+"""A fake server for the seed systems the shared fake does not play.
 
 ``SeedFake`` answers under path prefixes, in the documents' wire formats:
 
@@ -27,11 +27,11 @@ from typing import Any
 from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
-DATAFAST_KEY = "df_issue4_test_key"
-POSTMETRIC_KEY = "pm_issue4_test_key"
+DATAFAST_KEY = "df_seed_test_key"
+POSTMETRIC_KEY = "pm_seed_test_key"
 RC_USER_ID = "rbAXPnMktTFbNpwtJ"
 RC_TOKEN = "RScctEHSmLGZGywfIhWyRpyofhKOiMoUIpimhvheU3f"
-RC_WEBHOOK_TOKEN = "rc-webhook-secret-issue4"
+RC_WEBHOOK_TOKEN = "rc-webhook-secret-seed"
 
 SEED_VISITOR = "a3ab2331-989f-4cfa-91c6-2461c9e3c6bd"
 
