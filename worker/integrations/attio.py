@@ -15,6 +15,7 @@ in ``ATTIO_API_KEY``.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from config import Settings
@@ -25,7 +26,7 @@ from worker.http import ServiceClient, bearer_headers
 from worker.integration import Integration
 from worker.note import who
 from worker.ratelimit import SharedRateLimiter
-from worker.sink import Note
+from worker.sink import Note, marker_in_pages
 from worker.text import cut
 
 NOTES_PAGE = 50
@@ -106,7 +107,8 @@ class AttioSink(CrmSink):
         ident = data.get("id") if isinstance(data, dict) else None
         return str(ident["note_id"]) if isinstance(ident, dict) and ident.get("note_id") else None
 
-    def has_note(self, person_id: str, event: Event) -> bool:
+    def _note_pages(self, person_id: str) -> Iterator[list[Any]]:
+        """The person's notes, a page at a time, until a short page."""
         for page in range(NOTES_PAGES):
             body = self.http.request(
                 "GET",
@@ -121,15 +123,17 @@ class AttioSink(CrmSink):
             notes = body.get("data") if isinstance(body, dict) else None
             if not isinstance(notes, list):
                 raise BadResponse("notes answer without a data list", service=self.name)
-            for item in notes:
-                if isinstance(item, dict) and any(
-                    event.marker in str(item.get(key) or "")
-                    for key in ("content_plaintext", "content_markdown", "title")
-                ):
-                    return True
+            yield notes
             if len(notes) < NOTES_PAGE:
-                return False
-        return False
+                return
+
+    def has_note(self, person_id: str, event: Event) -> bool:
+        return marker_in_pages(
+            self._note_pages(person_id),
+            event.marker,
+            ("content_plaintext", "content_markdown", "title"),
+            max_pages=NOTES_PAGES,
+        )
 
     def check(self) -> str:
         # The token's own details: a read that proves it.

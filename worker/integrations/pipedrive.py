@@ -16,6 +16,7 @@ Set-up (README "Pipedrive"): Personal preferences → API → copy your personal
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from config import Settings
@@ -25,7 +26,7 @@ from worker.events import Event
 from worker.http import ServiceClient, UpstreamResponse, secret_text
 from worker.integration import Integration
 from worker.ratelimit import SharedRateLimiter
-from worker.sink import Note
+from worker.sink import Note, marker_in_pages
 
 NOTES_PAGE = 100
 NOTES_PAGES = 5
@@ -92,7 +93,8 @@ class PipedriveSink(CrmSink):
         data, _ = _data(self.http.request("POST", "notes", json_body=payload))
         return str(data["id"]) if isinstance(data, dict) and data.get("id") else None
 
-    def has_note(self, person_id: str, event: Event) -> bool:
+    def _note_pages(self, person_id: str) -> Iterator[list[Any]]:
+        """The person's notes, newest first, a page at a time, while Pipedrive has more."""
         start = 0
         for _ in range(NOTES_PAGES):
             data, extra = _data(
@@ -107,14 +109,16 @@ class PipedriveSink(CrmSink):
                     },
                 )
             )
-            notes = data if isinstance(data, list) else []
-            if any(isinstance(n, dict) and event.marker in str(n.get("content")) for n in notes):
-                return True
+            yield data if isinstance(data, list) else []
             pagination = extra.get("pagination") if isinstance(extra, dict) else None
             if not isinstance(pagination, dict) or not pagination.get("more_items_in_collection"):
-                return False
+                return
             start = int(pagination.get("next_start") or start + NOTES_PAGE)
-        return False
+
+    def has_note(self, person_id: str, event: Event) -> bool:
+        return marker_in_pages(
+            self._note_pages(person_id), event.marker, ("content",), max_pages=NOTES_PAGES
+        )
 
     def check(self) -> str:
         data, _ = _data(self.http.request("GET", "users/me"))
