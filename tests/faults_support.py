@@ -11,6 +11,9 @@ Everything here extends tests/fakes.py and tests/harness.py without changing the
   closing the connection without an answer (``drop``), a chunked body of any size with no
   Content-Length (``stream``), and a provider quota that answers 429 past N requests in any
   sliding window (``quota``).
+- ``FaultyUpstreamWithCrms`` is a ``FaultyUpstream`` that also plays Attio, Pipedrive and
+  Salesforce (``tests/crm_fakes.py``) on its own port, so their calls can be held and seen in
+  flight like HubSpot's.
 - ``FaultService`` is a ``Service`` that can kill a worker with SIGKILL and start another.
 - ``PrivateRedis`` is a redis-server on a free port with AOF in a temporary directory,
   stopped with ``redis-cli shutdown`` and restarted on the same data.
@@ -19,6 +22,7 @@ Everything here extends tests/fakes.py and tests/harness.py without changing the
 from __future__ import annotations
 
 import base64
+import io
 import os
 import shutil
 import signal
@@ -28,13 +32,14 @@ import threading
 import time
 import uuid
 from collections import Counter, deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 import redis
+from crm_fakes import CrmFake
 from fakes import FakeUpstream, Recorded, Rule
 from harness import BIN, ROOT, Service, free_port, send_event, wait_for
 from werkzeug.wrappers import Request, Response
@@ -271,6 +276,55 @@ class FaultyUpstream(FakeUpstream):
             return Response("no_text", status=400, content_type="text/html")
         self.slack.append(body)
         return Response("ok", status=200, content_type="text/html")
+
+
+# The CRMs of tests/crm_fakes.py, by the path prefix each is served under.
+CRM_SERVICES = ("attio", "pipedrive", "salesforce")
+
+
+class _CrmAt(CrmFake):
+    """A ``CrmFake`` that another fake's server answers for: its address is that server's."""
+
+    def __init__(self, host: FakeUpstream) -> None:
+        super().__init__()
+        self._host = host
+
+    @property
+    def url(self) -> str:
+        return self._host.url
+
+
+class FaultyUpstreamWithCrms(FaultyUpstream):
+    """DataFast, HubSpot, Zendesk, Slack and the three CRMs of ``CrmFake`` on one port.
+
+    A CRM call goes through this fake's scripting and in-flight tracking first (``delay``,
+    ``in_flight``, ``requests_to("attio")``), then to ``crm``, which answers it as the
+    documentation says and keeps the people and notes (``crm.notes_with``). ``env()`` points
+    the service at all of them. A scripted status (``fail``) carries no vendor error body:
+    script those on ``crm`` (``attio_limited``).
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.crm: CrmFake = _CrmAt(self)
+
+    def __enter__(self) -> FaultyUpstreamWithCrms:
+        self.start()
+        return self
+
+    def env(self) -> dict[str, str]:
+        return {**super().env(), **self.crm.env()}
+
+    def _handlers(self) -> dict[str, Callable[[Request, str, Any, bytes], Response]]:
+        handlers = super()._handlers()
+        for service in CRM_SERVICES:
+            handlers[service] = self._crm_answer
+        return handlers
+
+    def _crm_answer(self, request: Request, route: str, body: Any, raw: bytes) -> Response:
+        # CrmFake routes on the full path and reads the body itself; it was read here already.
+        environ = {**request.environ, "wsgi.input": io.BytesIO(raw)}
+        return Response.from_app(self.crm._wsgi, environ, buffered=True)
 
 
 def _chunks(size: int, chunk: int = 64 * 1024) -> Iterator[bytes]:
