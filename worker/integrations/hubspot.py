@@ -1,6 +1,7 @@
 """HubSpot: find the contact by email (or create it), set the journey properties on it, and
 add one note associated with it. The note is HTML within HubSpot's 65,536 characters; the
-contact properties (``HUBSPOT_PROPERTIES``) live in their own property group.
+contact properties (``HUBSPOT_PROPERTIES``: the shared journey fields of
+``worker/journey_fields.py`` as ``ve_*`` properties) live in their own property group.
 
 ``visitor-enrich hubspot-setup`` creates the custom properties once (``ensure_properties``).
 
@@ -49,6 +50,13 @@ from worker.inbound import (
 )
 from worker.integration import Integration
 from worker.journey import JourneyContext
+from worker.journey_fields import (
+    JOURNEY_FIELDS,
+    FieldKind,
+    FieldValue,
+    JourneyField,
+    journey_field_values,
+)
 from worker.note import fit, title
 from worker.ratelimit import SharedRateLimiter
 from worker.sink import Completion, DeliveryResult, Note, Sink
@@ -64,90 +72,57 @@ HUBSPOT_PROPERTY_GROUP: dict[str, Any] = {
 }
 
 
-def _prop(name: str, label: str, description: str, kind: str = "string") -> dict[str, Any]:
-    field_type = {"string": "text", "number": "number", "datetime": "date"}[kind]
-    return {
-        "name": name,
-        "label": label,
+# Each journey field kind as a HubSpot property (type, fieldType).
+_HUBSPOT_TYPES: dict[FieldKind, tuple[str, str]] = {
+    "text": ("string", "text"),
+    "number": ("number", "number"),
+    "datetime": ("datetime", "date"),
+    "boolean": ("enumeration", "booleancheckbox"),
+}
+
+
+def hubspot_property_name(field: JourneyField) -> str:
+    return f"ve_{field.name}"
+
+
+def _property(field: JourneyField) -> dict[str, Any]:
+    kind, field_type = _HUBSPOT_TYPES[field.kind]
+    definition: dict[str, Any] = {
+        "name": hubspot_property_name(field),
+        "label": field.label,
         "type": kind,
         "fieldType": field_type,
         "groupName": HUBSPOT_PROPERTY_GROUP["name"],
-        "description": description,
+        "description": field.description,
     }
-
-
-HUBSPOT_PROPERTIES: list[dict[str, Any]] = [
-    _prop("ve_visitor_id", "Visitor ID", "Analytics visitor id (datafast_visitor_id cookie)."),
-    _prop(
-        "ve_first_touch",
-        "First touch",
-        "Where the visitor first came from (UTM, ref, referrer or 'direct').",
-    ),
-    _prop("ve_referrer", "First-touch referrer", "Referrer of the first session."),
-    _prop("ve_utm_source", "First-touch UTM source", "utm_source of the first session."),
-    _prop("ve_utm_medium", "First-touch UTM medium", "utm_medium of the first session."),
-    _prop("ve_utm_campaign", "First-touch UTM campaign", "utm_campaign of the first session."),
-    _prop("ve_first_visit_at", "First visit", "First known visit (UTC).", "datetime"),
-    _prop("ve_last_visit_at", "Last visit", "Latest known visit (UTC).", "datetime"),
-    _prop("ve_visit_count", "Visits", "Number of visits.", "number"),
-    _prop("ve_pageview_count", "Pageviews", "Number of pageviews.", "number"),
-    _prop("ve_lead_score", "Lead score", "0-100 likelihood to convert.", "number"),
-    {
-        **_prop(
-            "ve_lead_score_estimated",
-            "Lead score estimated",
-            "Yes when visitor-enrich estimated the score because the analytics provider gave none.",
-        ),
-        "type": "enumeration",
-        "fieldType": "booleancheckbox",
-        "options": [
+    if field.kind == "boolean":
+        definition["options"] = [
             {"label": "Yes", "value": "true", "displayOrder": 0},
             {"label": "No", "value": "false", "displayOrder": 1},
-        ],
-    },
-    _prop("ve_expected_value", "Expected value (USD)", "Predicted revenue value in USD.", "number"),
-    _prop("ve_country", "Country", "Country of the latest pageview."),
-    _prop("ve_last_page", "Last page", "Latest page URL seen for the visitor."),
-]
+        ]
+    return definition
 
-_HUBSPOT_NAMES = frozenset(p["name"] for p in HUBSPOT_PROPERTIES)
+
+# The shared journey fields (worker/journey_fields.py) as HubSpot contact properties.
+HUBSPOT_PROPERTIES: list[dict[str, Any]] = [_property(field) for field in JOURNEY_FIELDS]
+
+
+def _hubspot_value(value: FieldValue) -> str:
+    """A journey value as HubSpot takes every property value: a string."""
+    if isinstance(value, bool):  # before numbers: a bool is an int
+        return "true" if value else "false"
+    if isinstance(value, datetime):
+        return iso_utc(value)
+    if isinstance(value, int | float):
+        return number(value)
+    return cut(value, NOTE_MAX_CHARS)
 
 
 def hubspot_contact_properties(event: Event, ctx: JourneyContext) -> dict[str, str]:
     """Values for ``HUBSPOT_PROPERTIES`` as HubSpot takes them; unknown values are left out."""
-    if not ctx.found:
-        values: dict[str, str | None] = {"ve_visitor_id": ctx.visitor_id}
-    else:
-        touch, p = ctx.first_touch, ctx.prediction
-        values = {
-            "ve_visitor_id": ctx.visitor_id,
-            "ve_first_touch": touch.label,
-            "ve_referrer": touch.referrer,
-            "ve_utm_source": touch.utm_source,
-            "ve_utm_medium": touch.utm_medium,
-            "ve_utm_campaign": touch.utm_campaign,
-            "ve_first_visit_at": iso_utc(ctx.first_visit_at) if ctx.first_visit_at else None,
-            "ve_last_visit_at": iso_utc(ctx.last_visit_at) if ctx.last_visit_at else None,
-            "ve_visit_count": _int(ctx.visit_count),
-            "ve_pageview_count": _int(ctx.pageview_count),
-            "ve_lead_score": number(p.score) if p else None,
-            "ve_lead_score_estimated": ("true" if p.estimated else "false") if p else None,
-            "ve_expected_value": number(p.expected_value)
-            if p and p.expected_value is not None
-            else None,
-            "ve_country": ctx.location.country or ctx.location.country_code,
-            "ve_last_page": ctx.current_url
-            or (ctx.recent_pages[0].url if ctx.recent_pages else None),
-        }
     return {
-        name: cut(value, NOTE_MAX_CHARS)
-        for name, value in values.items()
-        if value and name in _HUBSPOT_NAMES
+        f"ve_{name}": _hubspot_value(value) for name, value in journey_field_values(ctx).items()
     }
-
-
-def _int(value: int | None) -> str | None:
-    return str(value) if value is not None else None
 
 
 def render_hubspot_note_html(event: Event, ctx: JourneyContext) -> str:
