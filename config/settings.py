@@ -270,6 +270,9 @@ class Settings(BaseSettings):
     # Where a person with no Contact is found or created: a Lead (sales' inbox) or a Contact.
     salesforce_person_object: Literal["Lead", "Contact"] = "Lead"
     salesforce_rate_limit: RateSetting = Rate(5, 1)
+    # Attio, Pipedrive, Salesforce: set the journey fields that exist on the person (README
+    # "Attio" ...); false: the note only, the CRM's field list is never read.
+    crm_journey_fields: bool = True
     discord_webhook_url: OptionalSecret = None
     # Discord: a webhook's own bucket allows about 5 requests per 2 seconds.
     discord_rate_limit: RateSetting = Rate(5, 2)
