@@ -1,4 +1,5 @@
-"""The ``visitor-enrich`` command: serve, check, enrich, render, hubspot-setup, dead letters.
+"""The ``visitor-enrich`` command: serve, check, enrich, render, the CRMs' field set-up
+(hubspot-setup, attio-setup, pipedrive-setup, salesforce-setup), dead letters.
 
 Built with Typer (argument parsing, help, exit codes) rather than by hand.
 """
@@ -448,6 +449,53 @@ def hubspot_setup() -> None:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
     typer.echo("created: " + ", ".join(created) if created else "all properties exist already")
+
+
+def _crm_setup(sink_name: str, unset: str) -> None:
+    """Create a CRM's missing journey fields (``CrmSink.ensure_fields``) and say what it did."""
+    settings = _settings()
+    from worker.crm import CrmSink
+    from worker.errors import EnrichmentError
+
+    sink = _runtime(settings).sinks.get(sink_name)
+    if not isinstance(sink, CrmSink):
+        typer.echo(f"{unset} is not set", err=True)
+        raise typer.Exit(2)
+    try:
+        setup = sink.ensure_fields()
+    except EnrichmentError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(
+        "created: " + ", ".join(setup.created)
+        if setup.created
+        else "all journey fields exist already"
+    )
+    if setup.unwritable:
+        typer.echo(
+            "exist but this token cannot see or write them (field-level security, archived?): "
+            + ", ".join(setup.unwritable)
+        )
+    if setup.created and sink.after_setup:
+        typer.echo(sink.after_setup)
+
+
+@cli.command("attio-setup")
+def attio_setup() -> None:
+    """Create the visitor-enrich attributes (ve_*) on Attio's people object, once."""
+    _crm_setup("attio", "ATTIO_API_KEY")
+
+
+@cli.command("pipedrive-setup")
+def pipedrive_setup() -> None:
+    """Create the visitor-enrich person fields ("VE ...") in Pipedrive, once."""
+    _crm_setup("pipedrive", "PIPEDRIVE_API_TOKEN (with PIPEDRIVE_BASE_URL)")
+
+
+@cli.command("salesforce-setup")
+def salesforce_setup() -> None:
+    """Create the visitor-enrich custom fields (VE_*__c) on Contact and Lead, once."""
+    _crm_setup("salesforce", "SALESFORCE_CLIENT_SECRET (with its instance URL and client id)")
 
 
 @dead_cli.command("list")

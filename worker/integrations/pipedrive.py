@@ -1,11 +1,21 @@
-"""Pipedrive: the person found by exact email (created when absent), one HTML note per event.
+"""Pipedrive: the person found by exact email (created when absent), their journey fields, one
+HTML note per event.
 
 Set-up (README "Pipedrive"): Personal preferences → API → copy your personal API token into
 ``PIPEDRIVE_API_TOKEN``, and set ``PIPEDRIVE_BASE_URL`` to your company domain
-(``https://acme.pipedrive.com``).
+(``https://acme.pipedrive.com``). ``visitor-enrich pipedrive-setup`` creates the journey
+fields once (the token's user must be allowed to add custom fields: an admin).
 
 - Person: ``GET /api/v1/persons/search?term=…&fields=email&exact_match=true``, else
   ``POST /api/v1/persons`` with the email (and name).
+- Journey fields: person custom fields named ``VE First touch`` ... Pipedrive keys a custom
+  field by a 40-character hash that differs per company, so the sink reads
+  ``GET /api/v1/personFields`` once per process (500 a page), maps our field names to those
+  keys by name, and sends ``PUT /api/v1/persons/{id}`` ``{<key>: value}`` for the fields that
+  exist. Types: ``varchar`` (text, at most 255 characters; the score-estimated flag as
+  ``yes``/``no``), ``double`` (numbers), ``date`` (first/last visit: the UTC day, as
+  ``YYYY-MM-DD``). What Pipedrive does with an unknown key is not documented: none is sent.
+- Set-up: ``POST /api/v1/personFields`` ``{"name", "field_type"}`` for each missing name.
 - Note: ``POST /api/v1/notes`` ``{"content": <HTML>, "person_id": …}``.
 - Exactly once: ``GET /api/v1/notes?person_id=…`` (newest first, 100 a page) and the event's
   marker in ``content``; Pipedrive has no note search.
@@ -17,6 +27,7 @@ Set-up (README "Pipedrive"): Personal preferences → API → copy your personal
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import datetime
 from typing import Any
 
 from config import Settings
@@ -25,11 +36,29 @@ from worker.errors import BadResponse, Rejected
 from worker.events import Event
 from worker.http import ServiceClient, UpstreamResponse, secret_text
 from worker.integration import Integration
+from worker.journey_fields import JOURNEY_FIELDS, FieldKind, FieldValue, JourneyField
 from worker.ratelimit import SharedRateLimiter
 from worker.sink import Note, marker_in_pages
+from worker.text import cut, iso_utc
 
 NOTES_PAGE = 100
 NOTES_PAGES = 5
+FIELDS_PAGE = 500
+FIELDS_PAGES = 10
+VARCHAR_MAX = 255
+# Each journey field kind as a Pipedrive field type (Pipedrive has no yes/no type).
+FIELD_TYPES: dict[FieldKind, str] = {
+    "text": "varchar",
+    "number": "double",
+    "datetime": "date",
+    "boolean": "varchar",
+}
+
+
+def pipedrive_field_name(field: JourneyField) -> str:
+    """``VE First touch``: the name of a journey field's person field (Pipedrive keys fields by
+    hash; the name is what the sink finds them by)."""
+    return f"VE {field.label}"
 
 
 def _data(response: UpstreamResponse) -> Any:
@@ -49,6 +78,7 @@ class PipedriveSink(CrmSink):
     name = "pipedrive"
     label = "Pipedrive"
     note_format = "html"
+    setup_command = "pipedrive-setup"
 
     @classmethod
     def enabled(cls, settings: Settings) -> bool:
@@ -120,10 +150,57 @@ class PipedriveSink(CrmSink):
             self._note_pages(person_id), event.marker, ("content",), max_pages=NOTES_PAGES
         )
 
+    # Journey fields ---------------------------------------------------------------------
+
+    def field_api_name(self, field: JourneyField) -> str:
+        return pipedrive_field_name(field)
+
+    def _field_pages(self) -> Iterator[list[Any]]:
+        """The company's person fields, a page at a time, while Pipedrive has more."""
+        start = 0
+        for _ in range(FIELDS_PAGES):
+            data, extra = _data(
+                self.http.request(
+                    "GET", "personFields", params={"start": str(start), "limit": str(FIELDS_PAGE)}
+                )
+            )
+            yield data if isinstance(data, list) else []
+            pagination = extra.get("pagination") if isinstance(extra, dict) else None
+            if not isinstance(pagination, dict) or not pagination.get("more_items_in_collection"):
+                return
+            start = int(pagination.get("next_start") or start + FIELDS_PAGE)
+
+    def read_field_keys(self, scope: str) -> dict[str, str]:
+        keys: dict[str, str] = {}
+        for page in self._field_pages():
+            for found in page:
+                if isinstance(found, dict) and found.get("key") and found.get("name"):
+                    # Names are matched as a person reads them: case and spaces aside.
+                    keys.setdefault(" ".join(str(found["name"]).split()).lower(), str(found["key"]))
+        wanted = {f.name: self.field_api_name(f).lower() for f in JOURNEY_FIELDS}
+        return {name: keys[label] for name, label in wanted.items() if label in keys}
+
+    def field_value(self, field: JourneyField, value: FieldValue) -> Any:
+        if isinstance(value, bool):
+            return "yes" if value else "no"
+        if isinstance(value, datetime):
+            return iso_utc(value)[:10]  # a date field takes the day, YYYY-MM-DD
+        if isinstance(value, str):
+            return cut(value, VARCHAR_MAX)
+        return value
+
+    def write_fields(self, person_id: str, scope: str, values: dict[str, Any]) -> None:
+        _data(self.http.request("PUT", f"persons/{person_id}", json_body=values))
+
+    def create_field(self, field: JourneyField, scope: str) -> bool:
+        definition = {"name": self.field_api_name(field), "field_type": FIELD_TYPES[field.kind]}
+        _data(self.http.request("POST", "personFields", json_body=definition))
+        return True
+
     def check(self) -> str:
         data, _ = _data(self.http.request("GET", "users/me"))
         company = data.get("company_domain") if isinstance(data, dict) else None
-        return f"{self.label} answered (company {company or 'unknown'})"
+        return f"{self.label} answered (company {company or 'unknown'}); {self.fields_status()}"
 
 
 INTEGRATION = Integration(name="pipedrive", label="Pipedrive", sink=PipedriveSink)

@@ -1,4 +1,5 @@
-"""Salesforce: the Contact found by email (else a Lead, found or created), one Note per event.
+"""Salesforce: the Contact found by email (else a Lead, found or created), its journey fields,
+one Note per event.
 
 Set-up (README "Salesforce"): Setup → App Manager → New Connected App (or External Client
 App) with OAuth enabled, the scope "Manage user data via APIs (api)", "Enable Client
@@ -15,6 +16,21 @@ Credentials Flow" and a run-as user; put its consumer key and secret in
   at most 32 KB.
 - Exactly once: ``SELECT Id FROM Note WHERE ParentId = '…' AND Title LIKE '%<event id>%'``;
   the title carries the event's marker.
+- Journey fields: custom fields ``VE_First_Touch__c`` ... on Contact (and Lead, with
+  ``SALESFORCE_PERSON_OBJECT=Lead``), made by the admin in Object Manager or by
+  ``visitor-enrich salesforce-setup``. The sink reads ``GET sobjects/<Object>/describe`` once
+  per process: the fields this user can update (a field without field-level security for the
+  run-as user is left out of the describe, or not ``updateable``), and the object's id
+  prefix (``keyPrefix``), which tells a Contact id from a Lead id. Then one
+  ``PATCH sobjects/<Object>/<id>`` with those fields (204); a field not sent is never an
+  ``INVALID_FIELD`` error. Types: Text(255), Number(18, 2), DateTime, Checkbox.
+- Set-up: the Tooling API, ``POST tooling/sobjects/CustomField`` ``{"FullName":
+  "Contact.VE_First_Touch__c", "Metadata": {label, type, length/precision/scale,
+  defaultValue, description, inlineHelpText}}`` for each field the describe lacks; it needs
+  "Customize Application". A field created that way is visible to no profile until the
+  admin grants field-level security (README "Salesforce"), so a field that exists but is
+  hidden answers ``DUPLICATE_DEVELOPER_NAME`` (the error code seen in third-party code
+  only; any "duplicate" error is taken so) and is reported as not writable.
 - Limits: Salesforce counts API calls per 24 hours and concurrent long requests;
   ``SALESFORCE_RATE_LIMIT`` keeps a steady pace, and ``REQUEST_LIMIT_EXCEEDED`` (403) fails the
   delivery with that reason.
@@ -22,23 +38,39 @@ Credentials Flow" and a run-as user; put its consumer key and secret in
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from config import Settings
 from worker.crm import CrmSink, split_name
-from worker.errors import BadResponse
+from worker.errors import AuthFailed, BadResponse, Rejected
 from worker.events import Event
 from worker.http import ServiceClient, secret_text
 from worker.integration import Integration
 from worker.journey import JourneyContext
+from worker.journey_fields import JOURNEY_FIELDS, FieldKind, FieldValue, JourneyField
 from worker.note import fit
 from worker.oauth import ClientCredentialsAuth
 from worker.ratelimit import SharedRateLimiter
 from worker.sink import Note
 from worker.templates import builtin_templates
+from worker.text import cut, iso_utc
 
 TITLE_MAX = 80
 BODY_MAX = 32_000
+TEXT_LENGTH = 255
+# Each journey field kind as Salesforce custom field metadata.
+FIELD_METADATA: dict[FieldKind, dict[str, Any]] = {
+    "text": {"type": "Text", "length": TEXT_LENGTH},
+    "number": {"type": "Number", "precision": 18, "scale": 2},
+    "datetime": {"type": "DateTime"},
+    "boolean": {"type": "Checkbox", "defaultValue": "false"},
+}
+
+
+def salesforce_field_name(field: JourneyField) -> str:
+    """``VE_First_Touch__c`` for ``first_touch``: the custom field's API name."""
+    return "VE_" + "_".join(part.capitalize() for part in field.name.split("_")) + "__c"
 
 
 def soql_string(value: str) -> str:
@@ -57,6 +89,16 @@ class SalesforceSink(CrmSink):
     label = "Salesforce"
     note_format = "text"
     person_label = "record"
+    setup_command = "salesforce-setup"
+    after_setup = (
+        "now grant field-level security on the new fields to the run-as user "
+        '(README "Salesforce"): until then the sink cannot see them'
+    )
+
+    def __init__(self, settings: Settings, limiter: SharedRateLimiter) -> None:
+        super().__init__(settings, limiter)
+        # sobject -> the first three characters of its record ids, from its describe.
+        self._id_prefixes: dict[str, str] = {}
 
     @classmethod
     def enabled(cls, settings: Settings) -> bool:
@@ -133,11 +175,73 @@ class SalesforceSink(CrmSink):
         )
         return bool(self._query(soql))
 
+    # Journey fields ---------------------------------------------------------------------
+
+    def field_scopes(self) -> tuple[str, ...]:
+        # A Contact is found first; a Lead only when the person object is Lead.
+        if self.settings.salesforce_person_object == "Contact":
+            return ("Contact",)
+        return ("Contact", "Lead")
+
+    def field_scope(self, person_id: str | None) -> str | None:
+        for sobject in self.field_scopes():
+            self.field_keys(sobject)  # its describe (once per process) names its id prefix
+            prefix = self._id_prefixes.get(sobject)
+            if person_id and prefix and person_id.startswith(prefix):
+                return sobject
+        return None
+
+    def field_api_name(self, field: JourneyField) -> str:
+        return salesforce_field_name(field)
+
+    def read_field_keys(self, scope: str) -> dict[str, str]:
+        body = self.http.request("GET", f"sobjects/{scope}/describe").json()
+        fields = body.get("fields") if isinstance(body, dict) else None
+        if not isinstance(fields, list):
+            raise BadResponse(f"{scope} describe without a fields list", service=self.name)
+        if isinstance(body.get("keyPrefix"), str):
+            self._id_prefixes[scope] = body["keyPrefix"]
+        # API names are case-insensitive; the describe spells them as they were created.
+        updateable = {
+            str(f["name"]).lower(): str(f["name"])
+            for f in fields
+            if isinstance(f, dict) and f.get("name") and f.get("updateable")
+        }
+        wanted = {f.name: self.field_api_name(f).lower() for f in JOURNEY_FIELDS}
+        return {name: updateable[api] for name, api in wanted.items() if api in updateable}
+
+    def field_value(self, field: JourneyField, value: FieldValue) -> Any:
+        if isinstance(value, datetime):
+            return iso_utc(value)
+        if isinstance(value, str):
+            return cut(value, TEXT_LENGTH)
+        return value
+
+    def write_fields(self, person_id: str, scope: str, values: dict[str, Any]) -> None:
+        self.http.request("PATCH", f"sobjects/{scope}/{person_id}", json_body=values)
+
+    def create_field(self, field: JourneyField, scope: str) -> bool:
+        metadata = {
+            "label": f"VE {field.label}",
+            "description": field.description,
+            "inlineHelpText": field.description,
+            **FIELD_METADATA[field.kind],
+        }
+        payload = {"FullName": f"{scope}.{self.field_api_name(field)}", "Metadata": metadata}
+        try:
+            self.http.request("POST", "tooling/sobjects/CustomField", json_body=payload)
+        except Rejected as exc:
+            if isinstance(exc, AuthFailed) or "DUPLICATE" not in exc.message.upper():
+                raise
+            return False  # it exists, hidden from this user by field-level security
+        return True
+
     def check(self) -> str:
         body = self.http.request("GET", "limits").json()
         daily = body.get("DailyApiRequests") if isinstance(body, dict) else None
         left = daily.get("Remaining") if isinstance(daily, dict) else None
-        return f"{self.label} answered ({left if left is not None else '?'} API calls left today)"
+        calls = f"{left if left is not None else '?'} API calls left today"
+        return f"{self.label} answered ({calls}); {self.fields_status()}"
 
 
 INTEGRATION = Integration(name="salesforce", label="Salesforce", sink=SalesforceSink)
