@@ -3,9 +3,10 @@ the variables pointing at the fakes as the README says: each vendor's own signed
 notes and alerts out.
 
 One service start for the group (``sales``): a Stripe ``checkout.session.completed`` signed by
-Stripe's scheme gives one note in each CRM (HubSpot, Attio, Pipedrive, Salesforce) and one
-alert in each channel (Slack, Discord, Teams, Telegram) naming the amount and the first touch,
-and one signed outbound webhook (verified with ``standardwebhooks``); a HubSpot
+Stripe's scheme gives one note in each CRM (HubSpot, Attio, Pipedrive, Salesforce) and the
+journey fields on the person in each, one alert in each channel (Slack, Discord, Teams,
+Telegram) naming the amount and the first touch, and one signed outbound webhook (verified
+with ``standardwebhooks``); a HubSpot
 ``contact.creation`` batch of three gives three notes on those very contacts; a Clerk
 ``user.created`` a note on the contact by email; every replayed webhook is a duplicate and
 nothing is posted twice; a bad signature is 401 and queues nothing.
@@ -135,6 +136,7 @@ def sales(redis_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     client = redis.Redis.from_url(REDIS_URL)
     with FakeUpstream() as fake, CrmFake() as crm, ChannelFake() as channels:
         visitor = prepare(fake)
+        crm.define_journey_fields()  # as if attio-setup, pipedrive-setup, salesforce-setup ran
         # Every CRM and alert channel too: a payment reaches each of them.
         env = sales_env(fake, **crm.env(), **channels.env())
         try:
@@ -173,6 +175,16 @@ def test_stripe_checkout_gives_one_note_one_alert_and_one_signed_webhook(sales: 
     for system in ("attio", "pipedrive", "sf"):
         (crm_note,) = sales.crm.notes_with(system, marker)
         assert "49.00 EUR" in str(crm_note) and FIRST_TOUCH in str(crm_note), system
+    # And their persons carry the journey fields, each under its own CRM's name.
+    email = "grace@example.com"
+    attio, pipedrive = sales.crm.attio_person(email), sales.crm.pipedrive_person(email)
+    salesforce = sales.crm.sf_person(email)
+    assert attio["ve_first_touch"] == pipedrive["VE First touch"] == FIRST_TOUCH
+    assert salesforce["VE_First_Touch__c"] == FIRST_TOUCH
+    assert attio["ve_visitor_id"] == salesforce["VE_Visitor_Id__c"] == sales.visitor
+    assert attio["ve_lead_score"] == pipedrive["VE Lead score"] == 90
+    for sink in ("attio", "pipedrive", "salesforce"):
+        assert "journey fields set" in status["sinks"][sink]["reason"], status["sinks"][sink]
     for channel in ("discord", "teams", "telegram"):
         (message,) = sales.channels.messages(channel, contains=marker)
         text = json.dumps(message)
