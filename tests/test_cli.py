@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import redis
+from crm_fakes import CrmFake
 from fakes import FakeUpstream, full_profile, running_fake
 
 BIN = Path(sys.executable).parent
@@ -95,6 +96,31 @@ def test_hubspot_setup_creates_properties_once(env: dict[str, str], fake: FakeUp
     second = run(env, "hubspot-setup")
     assert second.returncode == 0
     assert "ve_visitor_id" not in second.stdout.replace("all properties exist already", "")
+
+
+def test_crm_setup_commands_create_the_journey_fields_once(env: dict[str, str]) -> None:
+    assert run(env, "attio-setup").returncode == 2  # no ATTIO_API_KEY: says so
+    with CrmFake() as crm:
+        crm_env = {**env, **crm.env()}
+        for command, created in (
+            ("attio-setup", "ve_first_touch"),
+            ("pipedrive-setup", "VE First touch"),
+            ("salesforce-setup", "Lead.VE_First_Touch__c"),
+        ):
+            first = run(crm_env, command)
+            assert first.returncode == 0, first.stdout + first.stderr
+            assert first.stdout.startswith("created: ") and created in first.stdout
+            second = run(crm_env, command)
+            assert second.returncode == 0, second.stdout + second.stderr
+            assert "all journey fields exist already" in second.stdout
+        assert "field-level security" in first.stdout  # Salesforce: what is left to do
+        crm.grant_salesforce_fields()
+        check = run(crm_env, "check")
+    assert check.returncode == 0, check.stdout + check.stderr
+    for sink in ("attio", "pipedrive", "salesforce"):
+        (line,) = [x for x in check.stdout.splitlines() if x.startswith(f"ok    sink {sink}")]
+        assert "all 15 journey fields exist" in line, line
+    assert crm_env["ATTIO_API_KEY"] not in check.stdout + check.stderr
 
 
 def test_dead_letters_list_show_and_purge(env: dict[str, str]) -> None:
