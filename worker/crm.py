@@ -165,7 +165,9 @@ class CrmSink(Sink):
         """Read the field list again next time (a write was refused: a field may be gone)."""
         self._field_keys.clear()
 
-    def field_update(self, person_id: str | None, context: JourneyContext) -> FieldUpdate:
+    def field_update(
+        self, person_id: str | None, event: Event, context: JourneyContext
+    ) -> FieldUpdate:
         """The journey values for the fields that exist where this person lives.
 
         A refused field list (no permission to read it) skips the fields, so the note is
@@ -181,7 +183,7 @@ class CrmSink(Sink):
         except UpstreamError as exc:
             if exc.retryable:
                 raise
-            return self._fields_failed(exc)
+            return self._fields_failed(exc, event)
         if not keys:
             return FieldUpdate(
                 skipped=f"no journey fields in {self.label} (visitor-enrich {self.setup_command})"
@@ -194,15 +196,18 @@ class CrmSink(Sink):
         }
         return FieldUpdate(values, scope, None if values else "no journey values known")
 
-    def _fields_failed(self, exc: UpstreamError) -> FieldUpdate:
+    def _fields_failed(self, exc: UpstreamError, event: Event) -> FieldUpdate:
         """The fields were refused (4xx): no retry can change that, and the note goes on."""
         self.forget_field_keys()
-        log.warning("journey fields not set", extra={"sink": self.name, "error": str(exc)})
+        log.warning(
+            "journey fields not set",
+            extra={"event_id": event.id, "sink": self.name, "error": str(exc)},
+        )
         return FieldUpdate(skipped=f"journey fields not set: {exc}")
 
-    def set_fields(self, person_id: str, context: JourneyContext) -> str:
+    def set_fields(self, person_id: str, event: Event, context: JourneyContext) -> str:
         """Set the journey fields on the person in one update call; the delivery's detail."""
-        update = self.field_update(person_id, context)
+        update = self.field_update(person_id, event, context)
         if not update.values:
             return update.written()
         try:
@@ -210,14 +215,14 @@ class CrmSink(Sink):
         except UpstreamError as exc:
             if exc.retryable:
                 raise
-            return self._fields_failed(exc).written()
+            return self._fields_failed(exc, event).written()
         return update.written()
 
     def save_person(self, event: Event, context: JourneyContext) -> tuple[str, str]:
         """The person's id (found or created) with their journey fields set, and what
         happened to the fields. A CRM that sets fields while saving the person overrides it."""
         person = self.person_for(event)
-        return person, self.set_fields(person, context)
+        return person, self.set_fields(person, event, context)
 
     def ensure_fields(self) -> FieldSetup:
         """Create each journey field that does not exist yet (``visitor-enrich

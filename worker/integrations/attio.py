@@ -130,7 +130,7 @@ class AttioSink(CrmSink):
 
     def save_person(self, event: Event, context: JourneyContext) -> tuple[str, str]:
         # The journey attributes go in the assert call itself: no second call.
-        update = self.field_update(None, context)
+        update = self.field_update(None, event, context)
         if not update.values:
             return self.assert_person(event, {}), update.written()
         try:
@@ -140,7 +140,7 @@ class AttioSink(CrmSink):
                 raise
             # A value refused (an attribute archived since the list was read): the person
             # without the attributes, so the note still goes on.
-            skipped = self._fields_failed(exc).written()
+            skipped = self._fields_failed(exc, event).written()
             return self.assert_person(event, {}), skipped
 
     # Journey attributes -------------------------------------------------------------------
