@@ -193,14 +193,26 @@ def test_a_sandbox_event_is_delivered_and_its_notes_are_shown(
     expect(page.locator("#journey")).to_contain_text('"provider": "DataFast"')
     for sink in NOTE_SINKS:
         expect(page.locator(f"[data-note='{sink}']")).to_be_visible()
+    for frame in page.locator(".note iframe").all():  # each HTML note shows, marker and all
+        body = frame.content_frame.locator("body")
+        expect(body).to_contain_text(f"visitor-enrich:{event_id}")
     zendesk = page.frame_locator("[data-note='zendesk'] iframe")
     expect(zendesk.locator("body")).to_contain_text("Visitor journey")
+    # The frame is sized to its note: the whole note shows, without a long empty tail.
+    frame_box = page.locator("[data-note='zendesk'] iframe").bounding_box()
+    body_box = zendesk.locator("body").bounding_box()
+    assert frame_box is not None and body_box is not None
+    assert body_box["height"] <= frame_box["height"]
+    assert frame_box["height"] <= 1.25 * body_box["height"] + 48
     expect(page.locator("[data-note='rocketchat'] pre")).to_contain_text(
         f"visitor-enrich:{event_id}"
     )
     look(page, "event")
     if KEEP:
-        page.locator("[data-note='zendesk']").screenshot(path=str(ARTIFACTS / "note-zendesk.png"))
+        for sink in NOTE_SINKS:  # an element capture scrolls to it (a full page shows
+            # frames below the first screen blank)
+            note = page.locator(f"[data-note='{sink}']")
+            note.screenshot(path=str(ARTIFACTS / f"note-{sink}.png"))
 
     page.goto(f"{svc.url}/console/events?type=signup")
     expect(page.locator(f"tr[data-event='{event_id}']")).to_have_count(0)

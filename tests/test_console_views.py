@@ -13,6 +13,7 @@ from worker import heartbeat
 from worker.console import views
 from worker.health import RedisHealth, record_error, task_event_id
 from worker.intake import ENRICH_EVENT_TASK, task_message
+from worker.notes import FRAME_MAX_PX, FRAME_MIN_PX, RenderedNote, frame_height_px
 from worker.runtime import build_runtime
 from worker.store import SinkRecord
 
@@ -83,3 +84,17 @@ def test_health_reads_queue_errors_rate_use_and_workers(
         assert [name for name, _ in health.workers] == ["host:1"]
     finally:
         redis_client.delete(queue)
+
+
+def test_an_html_note_frame_is_as_tall_as_its_note_within_bounds() -> None:
+    short = "<p>Visitor journey</p>"
+    longer = short + "".join(f"<li>https://example.com/page-{i}</li>" for i in range(12))
+    huge = "<p>" + "x " * 20_000 + "</p>"
+    assert frame_height_px(short) == FRAME_MIN_PX
+    assert FRAME_MIN_PX < frame_height_px(longer) < FRAME_MAX_PX
+    assert frame_height_px(longer + longer) > frame_height_px(longer)
+    assert frame_height_px(huge) == FRAME_MAX_PX  # a very long note scrolls in its frame
+    html = RenderedNote(sink="zendesk", title="Zendesk", kind="html", body=longer)
+    text = RenderedNote(sink="slack", title="Slack", kind="text", body=longer)
+    assert html.frame_px == frame_height_px(longer)
+    assert text.frame_px == 0
