@@ -14,9 +14,10 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 
@@ -35,8 +36,11 @@ if TYPE_CHECKING:
     from worker.events import Event
     from worker.journey import JourneyContext
     from worker.runtime import Runtime
+    from worker.sink import Sink
 
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
+
+SetupT = TypeVar("SetupT")
 
 
 def _settings() -> Settings:
@@ -434,38 +438,41 @@ def render(
 @cli.command("hubspot-setup")
 def hubspot_setup() -> None:
     """Create the visitor-enrich contact properties (and their group) in HubSpot, once."""
-    settings = _settings()
-    from worker.errors import EnrichmentError
     from worker.integrations.hubspot import HubSpotSink
-    from worker.runtime import build_runtime
 
-    sink = build_runtime(settings).sinks.get(HubSpotSink.name)
-    if not isinstance(sink, HubSpotSink):
-        typer.echo("HUBSPOT_TOKEN is not set", err=True)
+    sink = _configured_sink(HubSpotSink.name, "HUBSPOT_TOKEN")
+    assert isinstance(sink, HubSpotSink)
+    created = _setup_step(sink.ensure_properties)
+    typer.echo("created: " + ", ".join(created) if created else "all properties exist already")
+
+
+def _configured_sink(sink_name: str, unset: str) -> Sink:
+    """The configured sink of that name, or exit 2 saying which variable is missing."""
+    sink = _runtime(_settings()).sinks.get(sink_name)
+    if sink is None:
+        typer.echo(f"{unset} is not set", err=True)
         raise typer.Exit(2)
+    return sink
+
+
+def _setup_step(step: Callable[[], SetupT]) -> SetupT:
+    """Run a set-up call against a vendor's API; its error (never a secret) exits 1."""
+    from worker.errors import EnrichmentError
+
     try:
-        created = sink.ensure_properties()
+        return step()
     except EnrichmentError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
-    typer.echo("created: " + ", ".join(created) if created else "all properties exist already")
 
 
 def _crm_setup(sink_name: str, unset: str) -> None:
     """Create a CRM's missing journey fields (``CrmSink.ensure_fields``) and say what it did."""
-    settings = _settings()
     from worker.crm import CrmSink
-    from worker.errors import EnrichmentError
 
-    sink = _runtime(settings).sinks.get(sink_name)
-    if not isinstance(sink, CrmSink):
-        typer.echo(f"{unset} is not set", err=True)
-        raise typer.Exit(2)
-    try:
-        setup = sink.ensure_fields()
-    except EnrichmentError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
+    sink = _configured_sink(sink_name, unset)
+    assert isinstance(sink, CrmSink)
+    setup = _setup_step(sink.ensure_fields)
     typer.echo(
         "created: " + ", ".join(setup.created)
         if setup.created
