@@ -584,6 +584,8 @@ def split_secrets(value: SecretStr | None) -> list[SecretStr]:
         return []
     parts = (part.strip() for part in value.get_secret_value().split(","))
     return [SecretStr(part) for part in parts if part]
+
+
 # The settings that would let a process reach a real provider or destination (inbound
 # secrets, which only check what others send, are not among them).
 SANDBOX_REFUSES = (

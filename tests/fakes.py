@@ -776,7 +776,6 @@ class FakeUpstream:
         self.slack.append(body)
         return Response("ok", status=200, content_type="text/html")
 
-
     # The outbound webhook's receiver ------------------------------------------------------
 
     def _webhook_receiver(self, request: Request, route: str, body: Any, _: bytes) -> Response:

@@ -114,9 +114,7 @@ def postmetric_svc(
         "POSTMETRIC_BASE_URL": seed.env()["POSTMETRIC_BASE_URL"],
         **{k: v for k, v in shared.env().items() if k.startswith("ZENDESK")},
     }
-    with Service(
-        env, tmp_path_factory.mktemp("postmetric-e2e"), redis_client=module_redis
-    ) as svc:
+    with Service(env, tmp_path_factory.mktemp("postmetric-e2e"), redis_client=module_redis) as svc:
         yield svc
     cleanup_redis(module_redis, prefix, queue)
 
