@@ -32,7 +32,7 @@ from worker.http import (
     parse_reset,
     parse_retry_after,
 )
-from worker.ratelimit import SharedRateLimiter
+from worker.ratelimit import WIDEN_STEP_MS, SharedRateLimiter
 from worker.retry import backoff_delay, retry_countdown
 
 NOW = 1_800_000_000.0
@@ -361,6 +361,22 @@ def test_a_429_pauses_every_worker(make_client, settings: Settings, redis_server
         assert caught.value.retry_after > 25
     finally:
         other_redis.close()
+
+
+def test_a_429_widens_the_margin_and_a_quota_header_does_not(make_client, limiter) -> None:
+    assert limiter.added_margin("datafast") == 0
+    ok_but_spent = make_client(
+        lambda r: httpx.Response(
+            200, json={"ok": 1}, headers={"X-RateLimit-Remaining": "0", "X-RateLimit-Reset": "1"}
+        )
+    )
+    assert ok_but_spent.request("GET", "x").status_code == 200
+    assert limiter.added_margin("datafast") == 0  # the provider said so: nothing overran
+    refused = make_client(envelope_error(429, "slow down", {"Retry-After": "0"}))
+    with pytest.raises(RateLimited):
+        refused.request("GET", "visitors/abc")
+    assert limiter.added_margin("datafast") == pytest.approx(WIDEN_STEP_MS / 1000)
+    assert limiter.added_margin("hubspot") == 0
 
 
 def test_quota_exhausted_on_success_pauses_until_reset(make_client, limiter) -> None:

@@ -13,7 +13,13 @@ import redis
 
 from config import Rate
 from worker.errors import Throttled
-from worker.ratelimit import SPACING_FRACTION, SharedRateLimiter
+from worker.ratelimit import (
+    SPACING_FRACTION,
+    WIDEN_MAX_MS,
+    WIDEN_MEMORY_SECONDS,
+    WIDEN_STEP_MS,
+    SharedRateLimiter,
+)
 
 
 class Clock:
@@ -195,3 +201,32 @@ def test_a_request_written_out_late_moves_its_time(
     assert _log(redis_client, key_prefix, "datafast") == [reserved]
     assert limiter.left_late(grant, grant.at + 0.1)
     assert _log(redis_client, key_prefix, "datafast") == [reserved + 100]
+
+
+def test_a_429_widens_the_margin_for_every_worker_up_to_a_cap(
+    redis_client: redis.Redis, key_prefix: str
+) -> None:
+    clock = Clock()
+    limiter = SharedRateLimiter(redis_client, key_prefix, margin=0.05, sleep=clock)
+    other = SharedRateLimiter(redis_client, key_prefix, margin=0.05, sleep=clock)
+    assert limiter.widen("datafast") == WIDEN_STEP_MS / 1000
+    assert other.widen("datafast") == 2 * WIDEN_STEP_MS / 1000  # shared: each 429 doubles it
+    widened = [limiter.widen("datafast") for _ in range(6)][-1]
+    assert widened == WIDEN_MAX_MS / 1000
+    ttl = redis_client.pttl(f"{key_prefix}margin:datafast")
+    assert WIDEN_MEMORY_SECONDS * 1000 - 5000 < ttl <= WIDEN_MEMORY_SECONDS * 1000
+    assert other.added_margin("hubspot") == 0  # per service
+
+    # The N+1-th send is reserved window + margin + the added margin after the first.
+    rate = Rate(2, 1)
+    for _ in range(3):
+        other.acquire("datafast", rate, max_wait=5)
+    first, _, third = _log(redis_client, key_prefix, "datafast")
+    assert third - first == pytest.approx(1000 + 50 + WIDEN_MAX_MS, abs=2)
+
+    # Forgotten once it expires: back to window + margin.
+    redis_client.delete(f"{key_prefix}margin:datafast", f"{key_prefix}rate:datafast")
+    for _ in range(3):
+        other.acquire("datafast", rate, max_wait=5)
+    first, _, third = _log(redis_client, key_prefix, "datafast")
+    assert third - first == pytest.approx(1050, abs=2)

@@ -459,6 +459,9 @@ class ServiceClient:
         if limited or (quota_exhausted(response) and wait is not None):
             # Everyone waits, not only this worker.
             self._limiter.pause(self.service, wait if wait is not None else 1.0)
+        if limited:
+            # Refused although the shared limit was kept: send with more room from now on.
+            self._limiter.widen(self.service)
         if 200 <= status < 300:
             return
         message = f"{status} {error_message(response)}"

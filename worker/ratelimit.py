@@ -23,6 +23,14 @@ thread that wakes (or gets the GIL) more than a quarter of the margin after its 
 send on it: it moves its time to now, or reserves again, so a 40 ms margin covers the rest
 (N per 1.04 s at best, 0.96 of the quota).
 
+After a 429 the margin widens for that service (``widen``: 20 ms, doubling with each further
+429 up to 200 ms, for all workers through Redis, forgotten ten minutes after the last one).
+The 40 ms margin covers the delay between a reserved time and the provider's clock on a quiet
+or moderately busy host; when a 429 shows it did not (a host so loaded that a request reached
+the provider 40+ ms late, or a provider that counts differently), the same delay would
+refuse the next request that shares that window as well. A few per cent of the quota are
+worth less than a pause of every worker on each 429.
+
 Waiting is bounded: a caller that would wait longer than ``max_wait`` gets ``Throttled`` and
 its task is re-scheduled without using up an attempt. A time is reserved only when it is at
 most ``RESERVE_AHEAD_SECONDS`` (and half a window) away; a caller further back polls (at most
@@ -61,29 +69,34 @@ MAX_RESERVATIONS = 4
 # which spread their arrivals by more than the margin. A quarter keeps a burst of N within a
 # quarter of the window (20/s: 12.5 ms apart, all 20 within 240 ms).
 SPACING_FRACTION = 0.25
+# What a 429 adds to the margin (``widen``): WIDEN_STEP_MS at first, doubled by each further
+# 429 up to WIDEN_MAX_MS, kept until WIDEN_MEMORY_SECONDS pass without one.
+WIDEN_STEP_MS = 20
+WIDEN_MAX_MS = 200
+WIDEN_MEMORY_SECONDS = 600
 # A send time is reserved only this close to now; further back a caller polls instead.
 # (At most half the window: a request N places later is then reserved only once its
 # predecessor is more than half a window past its time, so a late predecessor can still move.)
 RESERVE_AHEAD_SECONDS = 1.0
 
 # KEYS[1]: the send log (sorted set of reserved send times, ms), KEYS[2]: the pause key
-# (value: unix ms until), and with a circuit breaker KEYS[3]: its open flag, KEYS[4]: its
-# failure counter. ARGV: limit, window_ms, member, reserve_ahead_ms, spacing_ms, and the
-# health page's use counter key.
+# (value: unix ms until), KEYS[3]: the margin a 429 added (ms, ``widen``), and with a circuit
+# breaker KEYS[4]: its open flag, KEYS[5]: its failure counter. ARGV: limit, window_ms,
+# member, reserve_ahead_ms, spacing_ms, and the health page's use counter key.
 # The earliest send time is the latest of: now, the end of a pause, the N-th latest reserved
 # time + window (so no window of that length holds N+1 sends; times are appended in order, so
 # that is the only window the new one can overfill) and the latest reserved time + spacing.
 # Returns {0, wait_ms, failures counted (0/1)} when a time was reserved (wait_ms from now),
 # {1, wait_ms} when it is further than reserve_ahead_ms, {2, ms left} while the circuit is open.
 _ACQUIRE = """
-if #KEYS > 2 then
-  local open = redis.call('PTTL', KEYS[3])
+if #KEYS > 3 then
+  local open = redis.call('PTTL', KEYS[4])
   if open > 0 then return {2, open} end
 end
 local now_t = redis.call('TIME')
 local now = tonumber(now_t[1]) * 1000 + math.floor(tonumber(now_t[2]) / 1000)
 local limit = tonumber(ARGV[1])
-local window = tonumber(ARGV[2])
+local window = tonumber(ARGV[2]) + tonumber(redis.call('GET', KEYS[3]) or '0')
 local at = now
 local paused = tonumber(redis.call('GET', KEYS[2]) or '0')
 if paused > at then at = paused end
@@ -107,7 +120,7 @@ if ARGV[6] then
   redis.call('EXPIRE', ARGV[6], 90)
 end
 local failures = 0
-if #KEYS > 3 then failures = redis.call('EXISTS', KEYS[4]) end
+if #KEYS > 4 then failures = redis.call('EXISTS', KEYS[5]) end
 return {0, at - now, failures}
 """
 
@@ -123,16 +136,17 @@ redis.call('SET', KEYS[1], untl, 'PX', tonumber(ARGV[1]))
 return 1
 """
 
-# KEYS[1]: the send log. ARGV: member, window_ms, limit. Moves a reserved time to now when
-# every window that now newly holds it stays within the limit: the window ending now, and
-# those ending at the reserved times within one window after now. Returns 1 when moved, 0
-# when not (the old time is kept; the caller gives it back and reserves again).
+# KEYS[1]: the send log, KEYS[2]: the margin a 429 added. ARGV: member, window_ms, limit.
+# Moves a reserved time to now when every window that now newly holds it stays within the
+# limit: the window ending now, and those ending at the reserved times within one window
+# after now. Returns 1 when moved, 0 when not (the old time is kept; the caller gives it back
+# and reserves again).
 _MOVE = """
 local old = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if not old then return 0 end
 local now_t = redis.call('TIME')
 local now = tonumber(now_t[1]) * 1000 + math.floor(tonumber(now_t[2]) / 1000)
-local window = tonumber(ARGV[2])
+local window = tonumber(ARGV[2]) + tonumber(redis.call('GET', KEYS[2]) or '0')
 local limit = tonumber(ARGV[3])
 redis.call('ZADD', KEYS[1], now, ARGV[1])
 local fits = redis.call('ZCOUNT', KEYS[1], '(' .. (now - window), now) <= limit
@@ -151,6 +165,15 @@ if not fits then
   return 0
 end
 return 1
+"""
+
+# KEYS[1]: the margin a 429 added. ARGV: step, max, memory (ms). Doubles it (at least the
+# step, at most the max) and keeps it for the memory from now; returns the new margin.
+_WIDEN = """
+local extra = tonumber(redis.call('GET', KEYS[1]) or '0')
+extra = math.min(math.max(extra * 2, tonumber(ARGV[1])), tonumber(ARGV[2]))
+redis.call('SET', KEYS[1], extra, 'PX', tonumber(ARGV[3]))
+return extra
 """
 
 _REMAINING = """
@@ -191,12 +214,29 @@ class SharedRateLimiter:
         self._pause = redis_client.register_script(_PAUSE)
         self._remaining = redis_client.register_script(_REMAINING)
         self._move = redis_client.register_script(_MOVE)
+        self._widen = redis_client.register_script(_WIDEN)
 
     def _pause_key(self, service: str) -> str:
         return f"{self.prefix}pause:{service}"
 
     def _log_key(self, service: str) -> str:
         return f"{self.prefix}rate:{service}"
+
+    def _margin_key(self, service: str) -> str:
+        return f"{self.prefix}margin:{service}"
+
+    def widen(self, service: str) -> float:
+        """A 429 came although the limit was kept: widen ``service``'s margin for every worker
+        (see the module's docstring). Returns the margin added now, in seconds."""
+        extra = self._widen(
+            keys=[self._margin_key(service)],
+            args=[WIDEN_STEP_MS, WIDEN_MAX_MS, WIDEN_MEMORY_SECONDS * 1000],
+        )
+        return int(extra) / 1000
+
+    def added_margin(self, service: str) -> float:
+        """Seconds a 429 added to ``service``'s margin (0 when none is remembered)."""
+        return int(self.redis.get(self._margin_key(service)) or 0) / 1000
 
     def pause(self, service: str, seconds: float) -> None:
         """Hold every request to ``service`` for ``seconds``; a longer pause in force stays."""
@@ -216,7 +256,7 @@ class SharedRateLimiter:
         member: str | None = None,
     ) -> list[int]:
         window_ms = int((rate.seconds + self.margin) * 1000)
-        keys = [self._log_key(service), self._pause_key(service)]
+        keys = [self._log_key(service), self._pause_key(service), self._margin_key(service)]
         if circuit is not None:
             failures_key, open_key = circuit.keys(service)
             keys += [open_key, failures_key]
@@ -320,5 +360,8 @@ class SharedRateLimiter:
         """Move a late caller's reserved time to now if no window then holds more than N."""
         window_ms = int((rate.seconds + self.margin) * 1000)
         return bool(
-            self._move(keys=[self._log_key(service)], args=[member, window_ms, rate.amount])
+            self._move(
+                keys=[self._log_key(service), self._margin_key(service)],
+                args=[member, window_ms, rate.amount],
+            )
         )
