@@ -24,6 +24,7 @@ import logging
 import time
 from abc import abstractmethod
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, ClassVar
 
 from config import Settings
@@ -33,6 +34,7 @@ from worker.journey import JourneyContext
 from worker.journey_fields import JOURNEY_FIELDS, FieldValue, JourneyField, journey_field_values
 from worker.ratelimit import SharedRateLimiter
 from worker.sink import DeliveryResult, Note, Sink
+from worker.text import cut, iso_utc
 
 __all__ = ["FIELD_KEYS_SECONDS", "CrmSink", "FieldSetup", "FieldUpdate", "split_name"]
 
@@ -84,6 +86,8 @@ class CrmSink(Sink):
 
     # What the CRM calls a person ("person", "contact"), for the status.
     person_label: ClassVar[str] = "person"
+    # The longest text a journey field takes; a longer value is cut.
+    field_text_max: ClassVar[int] = 255
     # The command that creates the journey fields, named in messages.
     setup_command: ClassVar[str] = ""
     # What the admin still has to do once the command created fields.
@@ -138,7 +142,12 @@ class CrmSink(Sink):
         return {}
 
     def field_value(self, field: JourneyField, value: FieldValue) -> Any:
-        """A journey value as the CRM's field of that kind takes it."""
+        """A journey value as the CRM's field of that kind takes it: a time as ISO 8601 UTC,
+        text cut to ``field_text_max``, numbers and yes/no as they are."""
+        if isinstance(value, datetime):
+            return iso_utc(value)
+        if isinstance(value, str):
+            return cut(value, self.field_text_max)
         return value
 
     def write_fields(self, person_id: str, scope: str, values: dict[str, Any]) -> None:

@@ -29,7 +29,6 @@ needs ``object_configuration:read-write``).
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import datetime
 from typing import Any
 
 from config import Settings
@@ -39,11 +38,11 @@ from worker.events import Event
 from worker.http import ServiceClient, bearer_headers
 from worker.integration import Integration
 from worker.journey import JourneyContext
-from worker.journey_fields import JOURNEY_FIELDS, FieldKind, FieldValue, JourneyField
+from worker.journey_fields import JOURNEY_FIELDS, FieldKind, JourneyField
 from worker.note import who
 from worker.ratelimit import SharedRateLimiter
 from worker.sink import Note, marker_in_pages
-from worker.text import cut, iso_utc
+from worker.text import cut
 
 NOTES_PAGE = 50
 # How many pages of a person's notes are searched for the marker (newest notes are few).
@@ -78,6 +77,7 @@ class AttioSink(CrmSink):
     name = "attio"
     label = "Attio"
     note_format = "markdown"
+    field_text_max = TEXT_MAX
     setup_command = "attio-setup"
 
     @classmethod
@@ -160,14 +160,6 @@ class AttioSink(CrmSink):
         }
         slugs = {f.name: self.field_api_name(f) for f in JOURNEY_FIELDS}
         return {name: slug for name, slug in slugs.items() if slug in usable}
-
-    def field_value(self, field: JourneyField, value: FieldValue) -> Any:
-        # Raw values: Attio takes a single-select attribute's value without a list around it.
-        if isinstance(value, datetime):
-            return iso_utc(value)
-        if isinstance(value, str):
-            return cut(value, TEXT_MAX)
-        return value
 
     def create_field(self, field: JourneyField, scope: str) -> bool:
         slug = self.field_api_name(field)

@@ -39,7 +39,7 @@ from worker.integration import Integration
 from worker.journey_fields import JOURNEY_FIELDS, FieldKind, FieldValue, JourneyField
 from worker.ratelimit import SharedRateLimiter
 from worker.sink import Note, marker_in_pages
-from worker.text import cut, iso_utc
+from worker.text import iso_utc
 
 NOTES_PAGE = 100
 NOTES_PAGES = 5
@@ -78,6 +78,7 @@ class PipedriveSink(CrmSink):
     name = "pipedrive"
     label = "Pipedrive"
     note_format = "html"
+    field_text_max = VARCHAR_MAX
     setup_command = "pipedrive-setup"
 
     @classmethod
@@ -185,9 +186,7 @@ class PipedriveSink(CrmSink):
             return "yes" if value else "no"
         if isinstance(value, datetime):
             return iso_utc(value)[:10]  # a date field takes the day, YYYY-MM-DD
-        if isinstance(value, str):
-            return cut(value, VARCHAR_MAX)
-        return value
+        return super().field_value(field, value)
 
     def write_fields(self, person_id: str, scope: str, values: dict[str, Any]) -> None:
         _data(self.http.request("PUT", f"persons/{person_id}", json_body=values))

@@ -38,7 +38,6 @@ Credentials Flow" and a run-as user; put its consumer key and secret in
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from config import Settings
@@ -48,13 +47,12 @@ from worker.events import Event
 from worker.http import ServiceClient, secret_text
 from worker.integration import Integration
 from worker.journey import JourneyContext
-from worker.journey_fields import JOURNEY_FIELDS, FieldKind, FieldValue, JourneyField
+from worker.journey_fields import JOURNEY_FIELDS, FieldKind, JourneyField
 from worker.note import fit
 from worker.oauth import ClientCredentialsAuth
 from worker.ratelimit import SharedRateLimiter
 from worker.sink import Note
 from worker.templates import builtin_templates
-from worker.text import cut, iso_utc
 
 TITLE_MAX = 80
 BODY_MAX = 32_000
@@ -88,6 +86,7 @@ class SalesforceSink(CrmSink):
     name = "salesforce"
     label = "Salesforce"
     note_format = "text"
+    field_text_max = TEXT_LENGTH
     person_label = "record"
     setup_command = "salesforce-setup"
     after_setup = (
@@ -209,13 +208,6 @@ class SalesforceSink(CrmSink):
         }
         wanted = {f.name: self.field_api_name(f).lower() for f in JOURNEY_FIELDS}
         return {name: updateable[api] for name, api in wanted.items() if api in updateable}
-
-    def field_value(self, field: JourneyField, value: FieldValue) -> Any:
-        if isinstance(value, datetime):
-            return iso_utc(value)
-        if isinstance(value, str):
-            return cut(value, TEXT_LENGTH)
-        return value
 
     def write_fields(self, person_id: str, scope: str, values: dict[str, Any]) -> None:
         self.http.request("PATCH", f"sobjects/{scope}/{person_id}", json_body=values)
