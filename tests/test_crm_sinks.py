@@ -392,3 +392,29 @@ def test_a_signup_reaches_every_crm_once(crm: CrmFake, redis_server: str, tmp_pa
         notes = crm.notes_with(store, marker)
         assert len(notes) == 1, sink
         assert "producthunt" in str(notes[0])
+
+
+def test_pipedrive_pages_through_notes_and_person_fields(
+    crm: CrmFake, redis_client: redis.Redis, key_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import worker.integrations.pipedrive as pipedrive
+
+    monkeypatch.setattr(pipedrive, "NOTES_PAGE", 2)
+    monkeypatch.setattr(pipedrive, "FIELDS_PAGE", 3)
+    _, sink, _ = build(crm, redis_client, key_prefix)
+    assert isinstance(sink, PipedriveSink)
+    sink.ensure_fields()  # 15 fields: five pages of three
+    assert len(sink.field_keys("", fresh=True)) == len(JOURNEY_FIELDS)
+    first = event()
+    sink.deliver(first, JOURNEY, sink.render_note(first, JOURNEY))
+    for _ in range(4):  # newer notes push the first one to the third page
+        later = event()
+        sink.deliver(later, JOURNEY, sink.render_note(later, JOURNEY))
+    assert sink.already_delivered(first) is True
+    assert sink.already_delivered(event()) is False
+    note_reads = [path for method, path in crm.requests if method == "GET" and "/notes?" in path]
+    assert {m.group(1) for p in note_reads if (m := re.search(r"start=(\d+)", p))} >= {
+        "0",
+        "2",
+        "4",
+    }

@@ -124,27 +124,25 @@ class PipedriveSink(CrmSink):
         data, _ = _data(self.http.request("POST", "notes", json_body=payload))
         return str(data["id"]) if isinstance(data, dict) and data.get("id") else None
 
-    def _note_pages(self, person_id: str) -> Iterator[list[Any]]:
-        """The person's notes, newest first, a page at a time, while Pipedrive has more."""
+    def _pages(
+        self, path: str, params: dict[str, str], page_size: int, max_pages: int
+    ) -> Iterator[list[Any]]:
+        """A list endpoint's items, a page at a time, while Pipedrive says it has more
+        (``additional_data.pagination``), at most ``max_pages``."""
         start = 0
-        for _ in range(NOTES_PAGES):
-            data, extra = _data(
-                self.http.request(
-                    "GET",
-                    "notes",
-                    params={
-                        "person_id": person_id,
-                        "start": str(start),
-                        "limit": str(NOTES_PAGE),
-                        "sort": "add_time DESC",
-                    },
-                )
-            )
+        for _ in range(max_pages):
+            query = {**params, "start": str(start), "limit": str(page_size)}
+            data, extra = _data(self.http.request("GET", path, params=query))
             yield data if isinstance(data, list) else []
             pagination = extra.get("pagination") if isinstance(extra, dict) else None
             if not isinstance(pagination, dict) or not pagination.get("more_items_in_collection"):
                 return
-            start = int(pagination.get("next_start") or start + NOTES_PAGE)
+            start = int(pagination.get("next_start") or start + page_size)
+
+    def _note_pages(self, person_id: str) -> Iterator[list[Any]]:
+        """The person's notes, newest first, a page at a time."""
+        params = {"person_id": person_id, "sort": "add_time DESC"}
+        return self._pages("notes", params, NOTES_PAGE, NOTES_PAGES)
 
     def has_note(self, person_id: str, event: Event) -> bool:
         return marker_in_pages(
@@ -156,24 +154,9 @@ class PipedriveSink(CrmSink):
     def field_api_name(self, field: JourneyField) -> str:
         return pipedrive_field_name(field)
 
-    def _field_pages(self) -> Iterator[list[Any]]:
-        """The company's person fields, a page at a time, while Pipedrive has more."""
-        start = 0
-        for _ in range(FIELDS_PAGES):
-            data, extra = _data(
-                self.http.request(
-                    "GET", "personFields", params={"start": str(start), "limit": str(FIELDS_PAGE)}
-                )
-            )
-            yield data if isinstance(data, list) else []
-            pagination = extra.get("pagination") if isinstance(extra, dict) else None
-            if not isinstance(pagination, dict) or not pagination.get("more_items_in_collection"):
-                return
-            start = int(pagination.get("next_start") or start + FIELDS_PAGE)
-
     def read_field_keys(self, scope: str) -> dict[str, str]:
         keys: dict[str, str] = {}
-        for page in self._field_pages():
+        for page in self._pages("personFields", {}, FIELDS_PAGE, FIELDS_PAGES):
             for found in page:
                 if isinstance(found, dict) and found.get("key") and found.get("name"):
                     # Names are matched as a person reads them: case and spaces aside.
