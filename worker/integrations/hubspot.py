@@ -120,8 +120,11 @@ def _hubspot_value(value: FieldValue) -> str:
 
 def hubspot_contact_properties(event: Event, ctx: JourneyContext) -> dict[str, str]:
     """Values for ``HUBSPOT_PROPERTIES`` as HubSpot takes them; unknown values are left out."""
+    known = journey_field_values(ctx)
     return {
-        f"ve_{name}": _hubspot_value(value) for name, value in journey_field_values(ctx).items()
+        hubspot_property_name(field): _hubspot_value(known[field.name])
+        for field in JOURNEY_FIELDS
+        if field.name in known
     }
 
 
