@@ -32,6 +32,8 @@ import itertools
 import json
 import logging
 import re
+import socket
+import struct
 import threading
 import time
 import uuid
@@ -41,7 +43,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from werkzeug.serving import make_server
+from werkzeug.serving import WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
 
 SERVICES = ("datafast", "hubspot", "zendesk", "slack", "webhook")
@@ -114,12 +116,56 @@ class Rule:
     content_type: str | None = None
     delay: float = 0.0
 
-    def matches(self, service: str, method: str, path: str, body: bytes) -> bool:
+    def matches(self, service: str, method: str, path: str, body: bytes, at: float) -> bool:
+        """Whether this rule answers the request (``at``: its arrival, time.monotonic())."""
         if self.service != service or (self.times is not None and self.times <= 0):
             return False
         if self.method and self.method.upper() != method:
             return False
         return self.match is None or self.match in f"{path}\n{body.decode('utf-8', 'replace')}"
+
+
+# Linux's SO_TIMESTAMPNS (asm-generic value, x86-64 and arm64); the socket module does not
+# name it. Its control message has the same number.
+SO_TIMESTAMPNS = 35
+ARRIVAL_KEY = "fake.arrived"  # environ key: time.time() at which the request reached the socket
+
+
+def socket_arrival(connection: socket.socket) -> float:
+    """time.time() at which the kernel received the first bytes of the next request on
+    ``connection`` (waits for them without taking them), or now when it gives no stamp.
+    The first bytes: no client here pipelines requests, so a handler that is ready for the
+    next request has nothing of it buffered yet."""
+    try:
+        _data, ancillary, _flags, _addr = connection.recvmsg(
+            1, socket.CMSG_SPACE(16), socket.MSG_PEEK
+        )
+    except OSError:
+        return time.time()
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(data) >= 16:
+            seconds, nanoseconds = struct.unpack("qq", data[:16])
+            if seconds:
+                return seconds + nanoseconds / 1e9
+    return time.time()
+
+
+class _ArrivalStampingHandler(WSGIRequestHandler):
+    """Stamps each request with when it reached the server's socket, the moment a provider
+    counts it against a quota. The handler thread itself can run much later: this server
+    shares a Python process (and its GIL) with the test's own load, which delays it by up to
+    ~100 ms when busy, a delay a real provider's edge does not add."""
+
+    arrived: float = 0.0
+
+    def handle_one_request(self) -> None:
+        self.arrived = socket_arrival(self.connection)
+        super().handle_one_request()
+
+    def make_environ(self) -> Any:
+        environ = super().make_environ()
+        environ[ARRIVAL_KEY] = self.arrived
+        return environ
 
 
 def _now_iso() -> str:
@@ -179,7 +225,11 @@ class FakeUpstream:
 
     def start(self) -> FakeUpstream:
         logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request is noise
-        self._server = make_server("127.0.0.1", 0, self._wsgi, threaded=True)
+        self._server = make_server(
+            "127.0.0.1", 0, self._wsgi, threaded=True, request_handler=_ArrivalStampingHandler
+        )
+        # Accepted connections inherit it: the kernel stamps every request's arrival.
+        self._server.socket.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
         return self
@@ -371,6 +421,9 @@ class FakeUpstream:
             parsed = json.loads(body) if body else None
         except ValueError:
             parsed = None
+        handled = time.time()
+        wall = float(request.environ.get(ARRIVAL_KEY) or handled)
+        mono = time.monotonic() - (handled - wall)
         record = Recorded(
             service=service,
             method=request.method,
@@ -380,13 +433,14 @@ class FakeUpstream:
             headers={k.lower(): v for k, v in request.headers.items()},
             body=body,
             json=parsed,
-            mono=time.monotonic(),
-            wall=time.time(),
+            mono=mono,
+            wall=wall,
         )
         with self._lock:
             self.requests.append(record)
             rule = next(
-                (r for r in self.rules if r.matches(service, request.method, path, body)), None
+                (r for r in self.rules if r.matches(service, request.method, path, body, mono)),
+                None,
             )
             if rule is not None and rule.times is not None:
                 rule.times -= 1

@@ -22,6 +22,7 @@ Everything here extends tests/fakes.py and tests/harness.py without changing the
 from __future__ import annotations
 
 import base64
+import bisect
 import io
 import os
 import shutil
@@ -31,7 +32,7 @@ import subprocess
 import threading
 import time
 import uuid
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,8 +93,8 @@ class WindowRule(Rule):
 
     until: float = 0.0
 
-    def matches(self, service: str, method: str, path: str, body: bytes) -> bool:
-        return time.monotonic() < self.until and super().matches(service, method, path, body)
+    def matches(self, service: str, method: str, path: str, body: bytes, at: float) -> bool:
+        return at < self.until and super().matches(service, method, path, body, at)
 
 
 @dataclass
@@ -110,21 +111,26 @@ class StreamRule(Rule):
 
 @dataclass
 class QuotaRule(Rule):
-    """429 for a request that would be more than ``limit`` admitted within any ``period``."""
+    """429 for a request that would be more than ``limit`` admitted within the ``period``
+    ending at its arrival."""
 
     limit: int = 0
     period: float = 1.0
-    admitted: deque[float] = field(default_factory=deque)
+    # Arrival times of the admitted requests, in order. Handler threads can see requests a
+    # little out of arrival order, so a time is inserted in place rather than appended.
+    admitted: list[float] = field(default_factory=list)
 
-    def matches(self, service: str, method: str, path: str, body: bytes) -> bool:
+    def matches(self, service: str, method: str, path: str, body: bytes, at: float) -> bool:
         if service != self.service or (self.times is not None and self.times <= 0):
             return False
-        now = time.monotonic()
-        while self.admitted and self.admitted[0] <= now - self.period:
-            self.admitted.popleft()
-        if len(self.admitted) >= self.limit:
+        # Keep a second period: a late-handled request still meets those before it.
+        del self.admitted[: bisect.bisect_right(self.admitted, at - 2 * self.period)]
+        inside = bisect.bisect_right(self.admitted, at) - bisect.bisect_right(
+            self.admitted, at - self.period
+        )
+        if inside >= self.limit:
             return True
-        self.admitted.append(now)
+        bisect.insort(self.admitted, at)
         return False
 
 

@@ -32,6 +32,7 @@ import html
 import itertools
 import random
 import re
+import socket
 import threading
 import time
 import uuid
@@ -46,7 +47,7 @@ from typing import Any
 import httpx
 import pytest
 import redis
-from fakes import Recorded, full_profile
+from fakes import SO_TIMESTAMPNS, Recorded, full_profile, socket_arrival
 from faults_support import (
     SLACK_HOOK_PATH,
     WEBHOOK_SECRET,
@@ -382,6 +383,37 @@ def test_rate_limit_holds_across_three_workers(rate_run: RateRun) -> None:
         f"at most {worst} in any 1 s window"
     )
     assert worst <= RATE, f"{worst} requests within 1 s from {at:.3f}"
+
+
+def test_fake_provider_counts_a_request_when_it_reached_the_socket() -> None:
+    """The fake's arrival times are the kernel's receive times, not when a handler thread of
+    this busy test process got round to the request: the provider's clock the two tests
+    above hold the limiter to."""
+    with FaultyUpstream() as fake, socket.create_connection(("127.0.0.1", fake.port)) as conn:
+        sent = time.monotonic()
+        conn.sendall(b"GET /datafast/api/v1/visitors/x HTTP/1.1\r\nHost: fake\r\n")
+        time.sleep(0.3)  # the request line is in; the handler waits for the rest
+        conn.sendall(b"Connection: close\r\n\r\n")
+        conn.recv(65536)
+        handled = time.monotonic()
+        [record] = fake.requests
+    assert handled - sent >= 0.3
+    assert sent <= record.mono + 0.002  # stamps from two clocks: allow their rounding
+    assert record.mono - sent < 0.1, (record.mono - sent, handled - sent)
+
+
+def test_socket_arrival_is_the_kernels_receive_time_however_late_it_is_read() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        server.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        with socket.create_connection(server.getsockname()) as client:
+            conn, _ = server.accept()
+            with conn:
+                sent = time.time()
+                client.sendall(b"GET / HTTP/1.1\r\n\r\n")
+                time.sleep(0.3)  # a handler thread that gets the CPU late
+                arrived = socket_arrival(conn)
+                assert conn.recv(100).startswith(b"GET / ")  # it peeked, took nothing
+    assert sent - 0.002 <= arrived < sent + 0.1, arrived - sent
 
 
 # 3. 429 + Retry-After pauses every worker ---------------------------------------------------
