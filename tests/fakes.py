@@ -153,8 +153,8 @@ def socket_arrival(connection: socket.socket) -> float:
 class _ArrivalStampingHandler(WSGIRequestHandler):
     """Stamps each request with when it reached the server's socket, the moment a provider
     counts it against a quota. The handler thread itself can run much later: this server
-    shares a Python process (and its GIL) with the test's own load, which delays it by up to
-    ~100 ms when busy, a delay a real provider's edge does not add."""
+    shares a Python process (and its GIL) with the test's own load, which delayed it by up to
+    78 ms in the fault suite's rate test, a delay a real provider's edge does not add."""
 
     arrived: float = 0.0
 
