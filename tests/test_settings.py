@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import re
+import shutil
+from pathlib import Path
+
 import pytest
 
 from config.settings import ConfigError, Rate, Settings, load_settings
 
+ROOT = Path(__file__).resolve().parent.parent
 SECRET_KEY = "df_live_verysecretkey_123456"
 WEBHOOK = "whsec_" + "c3VwZXItc2VjcmV0LXdlYmhvb2sta2V5"
 
@@ -45,6 +50,18 @@ def test_defaults() -> None:
     # Every countdown must stay well inside the broker's visibility timeout.
     assert s.retry_backoff_max < s.broker_visibility_timeout / 2
     assert s.max_countdown == s.broker_visibility_timeout / 2
+
+
+def test_env_example_names_every_setting_and_its_values_are_the_defaults(tmp_path: Path) -> None:
+    """.env.example is where an operator finds what can be set: every variable is in it
+    (with its default, or commented out where the default depends on other settings), and
+    copying it as .env changes nothing."""
+    text = (ROOT / ".env.example").read_text()
+    named = set(re.findall(r"^(?:# )?([A-Z][A-Z0-9_]+)=", text, re.MULTILINE))
+    assert {name.upper() for name in Settings.model_fields} - named == set()
+    defaults = load_settings()
+    shutil.copy(ROOT / ".env.example", tmp_path / ".env")
+    assert load_settings() == defaults
 
 
 def test_reads_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
