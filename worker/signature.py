@@ -17,7 +17,6 @@ one is rotated): an event passes when any of its signatures matches any of them.
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import hmac
 import time
@@ -77,22 +76,20 @@ class SignatureCheck:
         if not sent_at <= now + self._tolerance:
             raise SignatureError("Message timestamp too new")
         signed = f"{msg_id}.{int(sent_at)}.".encode() + body
-        expected = [hmac.digest(key, signed, hashlib.sha256) for key in self._keys]
+        # Each entry is compared whole with the ``v1,<base64>`` it should be, as the library
+        # does: an entry that is malformed, of another version or signed with another secret
+        # is passed over, and one that matches is enough.
+        expected = [
+            b"v1," + base64.b64encode(hmac.digest(key, signed, hashlib.sha256))
+            for key in self._keys
+        ]
         for entry in signatures.split(" "):
-            version, sep, signature = entry.partition(",")
-            if not sep or "," in signature:
-                raise SignatureError("Invalid Signature Headers")
-            if version != "v1":
-                continue
-            try:
-                given = base64.b64decode(signature)
-            except (binascii.Error, ValueError):
-                raise SignatureError("Invalid Signature Headers") from None
+            given = entry.encode()
             # Compared with every key, not stopping at a match, so the time taken does not
             # tell which of the secrets (the old or the new one) signed the event.
             matched = False
-            for digest in expected:
-                matched |= hmac.compare_digest(digest, given)
+            for want in expected:
+                matched |= hmac.compare_digest(want, given)
             if matched:
                 return
         raise SignatureError("No matching signature found")
