@@ -11,7 +11,7 @@ RUN groupadd --system --gid 10001 app \
 
 WORKDIR /app
 COPY . .
-RUN pip install --no-cache-dir . \
+RUN pip install --no-cache-dir -c constraints.txt . \
     # The metrics directory web and worker share (docker-compose.yml): a new named volume
     # takes this owner, so the unprivileged user can write to it.
     && mkdir -p /metrics && chown app:app /metrics

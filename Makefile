@@ -24,14 +24,14 @@ help:
 	@echo "make lint       ruff + mypy only"
 	@echo "make format     ruff format + ruff check --fix"
 	@echo "make bench      $(BIN)/python -m bench $$BENCH_ARGS"
-	@echo "make venv       create $(VENV) / reinstall when pyproject.toml changed"
+	@echo "make venv       create $(VENV) / reinstall when pyproject.toml or constraints.txt changed"
 	@echo "make clean      remove caches and build output (distclean also removes $(VENV))"
 
 venv: $(STAMP)
 
 # (Re)install when pyproject.toml is newer than the stamp, or when the venv has no working
 # interpreter (missing, or built by a Python that is gone): then it is created afresh.
-$(STAMP): pyproject.toml $(if $(shell test -x $(BIN)/python && $(BIN)/python -c '' 2>/dev/null && echo ok),,FORCE)
+$(STAMP): pyproject.toml constraints.txt $(if $(shell test -x $(BIN)/python && $(BIN)/python -c '' 2>/dev/null && echo ok),,FORCE)
 	@if ! { test -x $(BIN)/python && $(BIN)/python -c '' 2>/dev/null; }; then \
 		$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || \
 			{ echo "error: $(PYTHON) must be Python 3.11 or newer (make PYTHON=python3.12 ...)" >&2; exit 1; }; \
@@ -39,7 +39,7 @@ $(STAMP): pyproject.toml $(if $(shell test -x $(BIN)/python && $(BIN)/python -c 
 		$(PYTHON) -m venv --clear $(VENV) || \
 			{ echo "error: '$(PYTHON) -m venv' failed (on Debian/Ubuntu: apt-get install python3-venv)" >&2; exit 1; }; \
 	fi
-	$(BIN)/python -m pip install -e '.[dev]'
+	$(BIN)/python -m pip install -c constraints.txt -e '.[dev]'
 	@touch $@
 
 run: venv .env
