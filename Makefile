@@ -29,8 +29,9 @@ help:
 
 venv: $(STAMP)
 
-# (Re)install when pyproject.toml is newer than the stamp, or when the venv has no working
-# interpreter (missing, or built by a Python that is gone): then it is created afresh.
+# (Re)install, with constraints.txt's tested versions, when pyproject.toml or constraints.txt
+# is newer than the stamp, or when the venv has no working interpreter (missing, or built by a
+# Python that is gone): then it is created afresh.
 $(STAMP): pyproject.toml constraints.txt $(if $(shell test -x $(BIN)/python && $(BIN)/python -c '' 2>/dev/null && echo ok),,FORCE)
 	@if ! { test -x $(BIN)/python && $(BIN)/python -c '' 2>/dev/null; }; then \
 		$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || \
